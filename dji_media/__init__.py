@@ -1,0 +1,42 @@
+"""dji_media: the media back end for DJI Pilot 2 and Docks, as a library.
+
+The public surface is listed in ``__all__`` (tests/test_public_api.py keeps it honest):
+plugin interfaces, the values that cross them, the service, the Tornado routes, the errors and
+the shipped backends. Optional parts (YAML configuration, the embedded S3 server) are imported
+from their modules: ``dji_media.config``, ``dji_media.embedded_s3``.
+"""
+from .backends.auth import JwtAuthenticator, StaticTokenAuthenticator
+from .backends.memory import InMemoryMediaStore, InMemoryObjectStore
+from .backends.peewee_store import PeeweeMediaStore
+from .backends.s3 import MinioObjectStore, StaticCredentialProvider, StsCredentialProvider
+from .errors import (
+    BadRequest, ConfigError, DatabaseUnavailable, DjiMediaError, Forbidden, PayloadTooLarge,
+    StorageUnavailable, Unauthenticated, Unavailable,
+)
+from .interfaces import Authenticator, CredentialProvider, MediaStore, ObjectStore
+from .service import CallbackOutcome, MediaService
+from .values import (
+    FastUploadQuery, FileGroup, GroupReport, Identity, MediaFile, MediaRecord, StorageGrant,
+    UploadCredentials, UploadReport,
+)
+from .web import NotFoundHandler, get_handlers
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # interfaces
+    "Authenticator", "CredentialProvider", "MediaStore", "ObjectStore",
+    # values
+    "FastUploadQuery", "FileGroup", "GroupReport", "Identity", "MediaFile", "MediaRecord",
+    "StorageGrant", "UploadCredentials", "UploadReport", "CallbackOutcome",
+    # the service and its HTTP routes
+    "MediaService", "get_handlers", "NotFoundHandler",
+    # backends
+    "InMemoryMediaStore", "InMemoryObjectStore", "PeeweeMediaStore", "MinioObjectStore",
+    "StsCredentialProvider", "StaticCredentialProvider", "StaticTokenAuthenticator",
+    "JwtAuthenticator",
+    # errors
+    "DjiMediaError", "BadRequest", "PayloadTooLarge", "Unauthenticated", "Forbidden",
+    "Unavailable", "StorageUnavailable", "DatabaseUnavailable", "ConfigError",
+    "__version__",
+]

@@ -1,0 +1,96 @@
+"""In-memory backends: for tests, demos and as the reference behaviour of each contract.
+
+They keep everything in process memory, so they suit one process and lose all on restart.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from ..errors import StorageUnavailable
+from ..interfaces import MediaStore, ObjectStore
+from ..values import FileGroup, GroupReport, MediaFile, MediaRecord, utc_now
+
+
+class InMemoryMediaStore(MediaStore):
+    """A MediaStore in a dict. Each method completes without awaiting, so it is atomic on the
+    event loop."""
+
+    def __init__(self) -> None:
+        self._records: Dict[Tuple[str, str], MediaRecord] = {}
+        self._groups: Dict[Tuple[str, str], FileGroup] = {}
+
+    async def get(self, workspace_id: str, fingerprint: str) -> Optional[MediaRecord]:
+        return self._records.get((workspace_id, fingerprint))
+
+    async def find_by_tiny_fingerprints(
+        self, workspace_id: str, tiny_fingerprints: Sequence[str]
+    ) -> List[MediaRecord]:
+        wanted = set(tiny_fingerprints)
+        return [
+            r for (ws, _), r in self._records.items()
+            if ws == workspace_id and r.file.tiny_fingerprint in wanted
+        ]
+
+    async def upsert(self, workspace_id: str, file: MediaFile) -> MediaRecord:
+        key = (workspace_id, file.fingerprint)
+        now = utc_now()
+        old = self._records.get(key)
+        record = MediaRecord(
+            workspace_id=workspace_id,
+            file=file,
+            revision=(old.revision + 1) if old else 1,
+            created_at=old.created_at if old else now,
+            updated_at=now,
+        )
+        self._records[key] = record
+        return record
+
+    async def forget(self, record: MediaRecord) -> bool:
+        key = (record.workspace_id, record.file.fingerprint)
+        current = self._records.get(key)
+        if current is None or current.revision != record.revision:
+            return False
+        del self._records[key]
+        return True
+
+    async def save_group(self, workspace_id: str, report: GroupReport) -> FileGroup:
+        group = FileGroup(
+            workspace_id=workspace_id,
+            file_group_id=report.file_group_id,
+            file_count=report.file_count,
+            file_uploaded_count=report.file_uploaded_count,
+            updated_at=utc_now(),
+        )
+        self._groups[(workspace_id, report.file_group_id)] = group
+        return group
+
+    async def get_group(self, workspace_id: str, file_group_id: str) -> Optional[FileGroup]:
+        return self._groups.get((workspace_id, file_group_id))
+
+
+class InMemoryObjectStore(ObjectStore):
+    """A bucket as a set of keys. ``unavailable`` makes every call fail as an outage would."""
+
+    def __init__(self, keys: Iterable[str] = ()) -> None:
+        self.keys: Set[str] = set(keys)
+        self.unavailable = False
+        self.calls = 0
+
+    def put(self, key: str) -> None:
+        self.keys.add(key)
+
+    def remove(self, key: str) -> None:
+        self.keys.discard(key)
+
+    async def exists(self, object_key: str) -> bool:
+        self.calls += 1
+        if self.unavailable:
+            raise StorageUnavailable("storage is unreachable (simulated)")
+        return object_key in self.keys
+
+    async def ping(self) -> None:
+        if self.unavailable:
+            raise StorageUnavailable("storage is unreachable (simulated)")
+
+
+__all__ = ["InMemoryMediaStore", "InMemoryObjectStore"]

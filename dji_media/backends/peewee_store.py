@@ -1,0 +1,340 @@
+"""MediaStore on peewee: SQLite by default, any peewee database URL accepted.
+
+Under Tornado all coroutines share one thread, so a connection or transaction must never span an
+``await``: every method below is one self-contained unit of work (connect, transaction, close on
+failure) run in a bounded thread pool. Each pool thread keeps its own connection (peewee's
+connection state is thread-local), reopened after any failure so service resumes by itself once
+the database is back.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import threading
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
+from urllib.parse import urlparse
+
+import peewee
+from playhouse.db_url import connect as connect_url
+
+from ..errors import DatabaseUnavailable
+from ..interfaces import MediaStore
+from ..values import FileGroup, GroupReport, MediaFile, MediaRecord, utc_now
+from ._blocking import BlockingRunner
+
+log = logging.getLogger("dji_media.peewee")
+
+SCHEMA_VERSION = 1
+# SQLite allows 999 parameters per statement in old builds; stay well below.
+QUERY_CHUNK = 500
+
+_MEDIA_FIELDS = (
+    "tiny_fingerprint", "object_key", "name", "path", "sub_file_type", "file_group_id",
+    "drone_model_key", "payload_model_key", "is_original", "sn", "gimbal_yaw_degree",
+    "absolute_altitude", "relative_altitude", "created_time", "created_time_text", "shoot_lat",
+    "shoot_lng", "raw_json",
+)
+
+
+def _naive_utc(value: Optional[_dt.datetime]) -> Optional[_dt.datetime]:
+    # Columns hold naive UTC so every engine stores the same thing; values outside are aware.
+    if value is None:
+        return None
+    return value.astimezone(_dt.timezone.utc).replace(tzinfo=None)
+
+
+def _aware_utc(value: Any) -> Optional[_dt.datetime]:
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite hands back text for some column types
+        value = _dt.datetime.fromisoformat(value)
+    return value.replace(tzinfo=_dt.timezone.utc) if value.tzinfo is None else value
+
+
+def open_database(url: str, *, busy_timeout_ms: int = 5000, synchronous: str = "full") -> peewee.Database:
+    """Build a peewee database from a URL.
+
+    SQLite gets WAL (readers never block the writer), a busy timeout (writers wait for each
+    other instead of failing with "database is locked") and foreign keys. Other URLs go to
+    ``playhouse.db_url`` unchanged.
+    """
+    scheme = urlparse(url).scheme
+    if scheme in ("sqlite", "sqliteext"):
+        path = url.split("://", 1)[1]
+        # sqlite:///relative.db and sqlite:////absolute.db, as in SQLAlchemy and playhouse.
+        path = path[1:] if path.startswith("/") else path
+        if not path:
+            raise ValueError("url: sqlite URL needs a file path, e.g. sqlite:///var/media.sqlite3")
+        return peewee.SqliteDatabase(
+            path,
+            timeout=busy_timeout_ms / 1000.0,
+            pragmas={
+                "journal_mode": "wal",
+                "busy_timeout": busy_timeout_ms,
+                "foreign_keys": 1,
+                "synchronous": synchronous,
+            },
+        )
+    try:
+        return connect_url(url)
+    except Exception as exc:  # playhouse raises RuntimeError/ValueError for unknown schemes
+        raise ValueError(f"url: cannot use database URL scheme {scheme!r} ({exc})") from None
+
+
+def _build_models(db: peewee.Database, table_prefix: str) -> Tuple[Type[peewee.Model], ...]:
+    """Model classes bound to this store's database, so several stores can coexist."""
+
+    class Base(peewee.Model):
+        class Meta:
+            database = db
+
+    class SchemaInfo(Base):
+        version = peewee.IntegerField()
+
+        class Meta:
+            table_name = f"{table_prefix}schema"
+
+    class MediaRow(Base):
+        workspace_id = peewee.CharField(max_length=64)
+        fingerprint = peewee.CharField(max_length=64)
+        tiny_fingerprint = peewee.CharField(max_length=128, null=True)
+        object_key = peewee.CharField(max_length=1024)
+        name = peewee.CharField(max_length=255, null=True)
+        path = peewee.CharField(max_length=1024, null=True)
+        sub_file_type = peewee.IntegerField(null=True)
+        file_group_id = peewee.CharField(max_length=128, null=True)
+        drone_model_key = peewee.CharField(max_length=128, null=True)
+        payload_model_key = peewee.CharField(max_length=128, null=True)
+        is_original = peewee.BooleanField(null=True)
+        sn = peewee.CharField(max_length=128, null=True)
+        gimbal_yaw_degree = peewee.DoubleField(null=True)
+        absolute_altitude = peewee.DoubleField(null=True)
+        relative_altitude = peewee.DoubleField(null=True)
+        created_time = peewee.DateTimeField(null=True)  # UTC
+        created_time_text = peewee.CharField(max_length=64, null=True)  # as the device sent it
+        shoot_lat = peewee.DoubleField(null=True)
+        shoot_lng = peewee.DoubleField(null=True)
+        raw_json = peewee.TextField()
+        revision = peewee.IntegerField(default=1)
+        created_at = peewee.DateTimeField()  # UTC
+        updated_at = peewee.DateTimeField()  # UTC
+
+        class Meta:
+            table_name = f"{table_prefix}media_file"
+            indexes = (
+                (("workspace_id", "fingerprint"), True),
+                (("workspace_id", "tiny_fingerprint"), False),
+            )
+
+    class GroupRow(Base):
+        workspace_id = peewee.CharField(max_length=64)
+        file_group_id = peewee.CharField(max_length=128)
+        file_count = peewee.IntegerField()
+        file_uploaded_count = peewee.IntegerField()
+        updated_at = peewee.DateTimeField()  # UTC
+
+        class Meta:
+            table_name = f"{table_prefix}file_group"
+            indexes = ((("workspace_id", "file_group_id"), True),)
+
+    return SchemaInfo, MediaRow, GroupRow
+
+
+class PeeweeMediaStore(MediaStore):
+    """MediaStore on a peewee database.
+
+    :param url: a database URL (``sqlite:///var/media.sqlite3``, later ``postgresql://...``);
+        or pass ``database``, a peewee ``Database`` the host already owns.
+    :param busy_timeout_ms: SQLite only: how long a writer waits for the lock.
+    :param max_workers: threads (and so connections) for database work.
+    :param create_tables: create the schema when absent (on first use).
+    """
+
+    def __init__(
+        self,
+        *,
+        url: Optional[str] = None,
+        database: Optional[peewee.Database] = None,
+        busy_timeout_ms: int = 5000,
+        synchronous: str = "full",
+        max_workers: int = 4,
+        table_prefix: str = "dji_",
+        create_tables: bool = True,
+        executor: Any = None,
+    ) -> None:
+        if (url is None) == (database is None):
+            raise ValueError("url: give exactly one of a database URL or a peewee database")
+        if busy_timeout_ms < 0:
+            raise ValueError("busy_timeout_ms must be >= 0")
+        if synchronous.lower() not in ("off", "normal", "full", "extra"):
+            raise ValueError("synchronous must be one of off, normal, full, extra")
+        self.db = database if database is not None else open_database(
+            url, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous.lower()
+        )
+        self._schema, self._media, self._group = _build_models(self.db, table_prefix)
+        self._create_tables = create_tables
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+        self._runner = BlockingRunner(executor=executor, max_workers=max_workers, name="dji-db")
+
+    # ----------------------------------------------------------------- unit of work
+
+    def _ensure_schema(self) -> None:
+        if self._schema_ready or not self._create_tables:
+            return
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            with self.db.atomic():
+                self.db.create_tables([self._schema, self._media, self._group], safe=True)
+                if not self._schema.select().exists():
+                    self._schema.create(version=SCHEMA_VERSION)
+            self._schema_ready = True
+
+    def _work(self, fn, *args):
+        """One unit of work on this thread's connection; any database failure closes it."""
+        try:
+            self.db.connect(reuse_if_open=True)
+            self._ensure_schema()
+            with self.db.atomic():
+                return fn(*args)
+        except peewee.IntegrityError:
+            raise
+        except (peewee.DatabaseError, peewee.InterfaceError, OSError) as exc:
+            log.error("database error: %s: %s", type(exc).__name__, exc)
+            try:
+                self.db.close()
+            except Exception:  # the connection may already be unusable
+                pass
+            raise DatabaseUnavailable("the media database is unavailable") from exc
+
+    async def _run(self, fn, *args):
+        return await self._runner.run(self._work, fn, *args)
+
+    # ------------------------------------------------------------------- conversion
+
+    def _record(self, row: Any) -> MediaRecord:
+        values = {name: getattr(row, name) for name in _MEDIA_FIELDS}
+        values["created_time"] = _aware_utc(values["created_time"])
+        return MediaRecord(
+            workspace_id=row.workspace_id,
+            file=MediaFile(fingerprint=row.fingerprint, **values),
+            revision=row.revision,
+            created_at=_aware_utc(row.created_at),
+            updated_at=_aware_utc(row.updated_at),
+        )
+
+    def _group_value(self, row: Any) -> FileGroup:
+        return FileGroup(
+            workspace_id=row.workspace_id, file_group_id=row.file_group_id,
+            file_count=row.file_count, file_uploaded_count=row.file_uploaded_count,
+            updated_at=_aware_utc(row.updated_at),
+        )
+
+    def _upsert_query(self, model, row: Dict[str, Any], conflict: Sequence[Any], update: Dict[Any, Any]):
+        query = model.insert(**row)
+        if isinstance(self.db, peewee.MySQLDatabase):
+            # MySQL's ON DUPLICATE KEY UPDATE takes no conflict target: any unique key counts.
+            return query.on_conflict(update=update)
+        return query.on_conflict(conflict_target=conflict, update=update)
+
+    # -------------------------------------------------------------------- interface
+
+    async def get(self, workspace_id: str, fingerprint: str) -> Optional[MediaRecord]:
+        def fetch() -> Optional[MediaRecord]:
+            m = self._media
+            row = m.get_or_none((m.workspace_id == workspace_id) & (m.fingerprint == fingerprint))
+            return self._record(row) if row else None
+
+        return await self._run(fetch)
+
+    async def find_by_tiny_fingerprints(
+        self, workspace_id: str, tiny_fingerprints: Sequence[str]
+    ) -> List[MediaRecord]:
+        wanted = list(dict.fromkeys(tiny_fingerprints))
+
+        def fetch() -> List[MediaRecord]:
+            m = self._media
+            found: List[MediaRecord] = []
+            for start in range(0, len(wanted), QUERY_CHUNK):
+                chunk = wanted[start:start + QUERY_CHUNK]
+                query = m.select().where(
+                    (m.workspace_id == workspace_id) & (m.tiny_fingerprint.in_(chunk))
+                )
+                found.extend(self._record(row) for row in query)
+            return found
+
+        if not wanted:
+            return []
+        return await self._run(fetch)
+
+    async def upsert(self, workspace_id: str, file: MediaFile) -> MediaRecord:
+        m = self._media
+
+        def write() -> MediaRecord:
+            now = _naive_utc(utc_now())
+            values = {name: getattr(file, name) for name in _MEDIA_FIELDS}
+            values["created_time"] = _naive_utc(file.created_time)
+            row = dict(values, workspace_id=workspace_id, fingerprint=file.fingerprint,
+                       revision=1, created_at=now, updated_at=now)
+            update = {getattr(m, name): value for name, value in values.items()}
+            update[m.updated_at] = now
+            update[m.revision] = m.revision + 1
+            self._upsert_query(m, row, [m.workspace_id, m.fingerprint], update).execute()
+            stored = m.get((m.workspace_id == workspace_id) & (m.fingerprint == file.fingerprint))
+            return self._record(stored)
+
+        return await self._run(write)
+
+    async def forget(self, record: MediaRecord) -> bool:
+        m = self._media
+
+        def delete() -> bool:
+            count = m.delete().where(
+                (m.workspace_id == record.workspace_id)
+                & (m.fingerprint == record.file.fingerprint)
+                & (m.revision == record.revision)
+            ).execute()
+            return count > 0
+
+        return await self._run(delete)
+
+    async def save_group(self, workspace_id: str, report: GroupReport) -> FileGroup:
+        g = self._group
+
+        def write() -> FileGroup:
+            now = _naive_utc(utc_now())
+            row = dict(workspace_id=workspace_id, file_group_id=report.file_group_id,
+                       file_count=report.file_count, file_uploaded_count=report.file_uploaded_count,
+                       updated_at=now)
+            update = {g.file_count: report.file_count,
+                      g.file_uploaded_count: report.file_uploaded_count, g.updated_at: now}
+            self._upsert_query(g, row, [g.workspace_id, g.file_group_id], update).execute()
+            return self._group_value(
+                g.get((g.workspace_id == workspace_id) & (g.file_group_id == report.file_group_id))
+            )
+
+        return await self._run(write)
+
+    async def get_group(self, workspace_id: str, file_group_id: str) -> Optional[FileGroup]:
+        g = self._group
+
+        def fetch() -> Optional[FileGroup]:
+            row = g.get_or_none((g.workspace_id == workspace_id) & (g.file_group_id == file_group_id))
+            return self._group_value(row) if row else None
+
+        return await self._run(fetch)
+
+    async def ping(self) -> None:
+        s = self._schema
+
+        def touch() -> None:
+            # A write proves more than a read: a read-only file or a full disk fails here.
+            s.update(version=s.version).execute()
+
+        await self._run(touch)
+
+    async def close(self) -> None:
+        self._runner.close()
+        if not self.db.is_closed():
+            self.db.close()

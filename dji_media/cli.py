@@ -1,0 +1,80 @@
+"""The ``dji-media`` command: ``serve`` and ``check``."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import List, Optional
+
+from .errors import ConfigError, DjiMediaError
+
+
+def _load(path: str):
+    from .config import load_config
+
+    return load_config(path)
+
+
+async def _check(config) -> int:
+    """Build every backend and ask each to prove it works; one line each."""
+    from .wiring import build_service, describe_database, start_embedded_s3
+
+    failures = 0
+    embedded = start_embedded_s3(config)
+    if embedded is not None:
+        print(f"embedded_s3: ok (SeaweedFS at {embedded.endpoint})")
+    service = build_service(config)
+    try:
+        checks = (
+            ("database", service.media_store.ping(), describe_database(config) or config.media_store.cls.__name__),
+            ("storage", service.object_store.ping(), config.object_store.cls.__name__),
+            ("credentials", service.credentials.ping(), config.credentials.cls.__name__),
+        )
+        for name, probe, what in checks:
+            try:
+                await probe
+                print(f"{name}: ok ({what})")
+            except DjiMediaError as exc:
+                failures += 1
+                print(f"{name}: FAILED ({what}): {exc.message}")
+    finally:
+        await service.close()
+        if embedded is not None:
+            embedded.stop()
+    print("configuration: ok" if not failures else f"{failures} check(s) failed")
+    return 1 if failures else 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="dji-media", description="DJI Pilot 2 media back end")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("serve", "run the HTTP server"), ("check", "validate the configuration "
+                       "and reach the database and the storage")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--config", "-c", required=True, help="YAML configuration file")
+    args = parser.parse_args(argv)
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(f"dji-media: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "check":
+            return asyncio.run(_check(config))
+        from .server import serve
+
+        asyncio.run(serve(config))
+        return 0
+    except DjiMediaError as exc:
+        print(f"dji-media: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":  # python -m dji_media.cli
+    sys.exit(main())

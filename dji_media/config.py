@@ -1,0 +1,292 @@
+"""YAML configuration: parsed, checked and turned into frozen settings.
+
+The library itself never reads files or the environment; this module (used by the CLI and the
+example server) does. Every error is a ``ConfigError`` naming the dotted key at fault. Secrets
+come from environment variables written as ``${NAME}`` (or ``${NAME:-default}``) in any string.
+Backends are chosen by a short name or ``package.module:Class`` and receive ``options`` as
+keyword arguments, checked against their constructor (unknown keys and wrong types refused).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import os
+import re
+import typing
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .errors import ConfigError
+from .interfaces import Authenticator, CredentialProvider, MediaStore, ObjectStore
+
+_B = "dji_media.backends."
+REGISTRY: Dict[str, Tuple[type, Dict[str, str]]] = {
+    "media_store": (MediaStore, {
+        "peewee": _B + "peewee_store:PeeweeMediaStore",
+        "sqlite": _B + "peewee_store:PeeweeMediaStore",
+        "memory": _B + "memory:InMemoryMediaStore",
+    }),
+    "object_store": (ObjectStore, {
+        "minio": _B + "s3:MinioObjectStore",
+        "s3": _B + "s3:MinioObjectStore",
+        "memory": _B + "memory:InMemoryObjectStore",
+    }),
+    "credentials": (CredentialProvider, {
+        "sts": _B + "s3:StsCredentialProvider",
+        "static": _B + "s3:StaticCredentialProvider",
+    }),
+    "authenticator": (Authenticator, {
+        "static": _B + "auth:StaticTokenAuthenticator",
+        "jwt": _B + "auth:JwtAuthenticator",
+    }),
+}
+# Constructor parameters that only code can pass (live objects, not YAML values).
+_CODE_ONLY = frozenset({"executor", "client", "database"})
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    prefix: str = ""
+    max_body_bytes: int = 1024 * 1024
+    demo_banner: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceSettings:
+    expire_margin: int = 300
+    verify_concurrency: int = 16
+    enforce_key_prefix: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddedS3Settings:
+    data_dir: str = "var/seaweedfs"
+    port: int = 8333
+    access_key: str = ""
+    secret_key: str = ""
+    buckets: Tuple[str, ...] = ("media",)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendSettings:
+    """A backend class and the keyword arguments it will be built with."""
+
+    section: str
+    cls: type
+    options: Mapping[str, Any]
+
+    def build(self) -> Any:
+        try:
+            return self.cls(**self.options)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{self.section}.options", str(exc)) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    server: ServerSettings
+    service: ServiceSettings
+    log_level: str
+    embedded_s3: Optional[EmbeddedS3Settings]
+    media_store: BackendSettings
+    object_store: BackendSettings
+    credentials: BackendSettings
+    authenticator: BackendSettings
+
+
+# ------------------------------------------------------------------------------ ${VAR} values
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any, key: str, environ: Mapping[str, str]) -> Any:
+    if isinstance(value, dict):
+        # Keys are expanded too: a token table may take its tokens from the environment.
+        return {_expand(k, key, environ): _expand(v, f"{key}.{k}" if key else str(k), environ)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{key}[{i}]", environ) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: "re.Match[str]") -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(key, f"environment variable {name} is not set")
+
+    return _VAR.sub(substitute, value)
+
+
+# --------------------------------------------------------------------------- value checking
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union:
+        return any(_type_ok(value, a) for a in args)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (dict, Mapping, typing.Mapping) or annotation in (dict, Mapping):
+        return isinstance(value, dict) and all(
+            _type_ok(k, args[0]) and _type_ok(v, args[1]) for k, v in value.items()
+        ) if args else isinstance(value, dict)
+    if origin in (list, tuple) or getattr(origin, "__name__", "") == "Sequence":
+        return isinstance(value, list) and (not args or all(_type_ok(v, args[0]) for v in value))
+    return True  # a type YAML cannot express: leave it to the constructor
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return text.replace("typing.", "")
+
+
+def _section(raw: Mapping[str, Any], key: str, allowed: Mapping[str, Any]) -> Dict[str, Any]:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(key, "must be a mapping")
+    for name, item in value.items():
+        if name not in allowed:
+            raise ConfigError(f"{key}.{name}", f"unknown key (known: {', '.join(sorted(allowed))})")
+        if not _type_ok(item, allowed[name]):
+            raise ConfigError(f"{key}.{name}", f"must be {_type_name(allowed[name])}, got {item!r}")
+    return dict(value)
+
+
+def _fields(cls: type) -> Dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def load_class(spec: str, base: type, key: str) -> type:
+    """Import ``package.module:Class`` and check that it implements ``base``."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(key, f"{spec!r} is neither a known backend nor 'package.module:Class'")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except ImportError as exc:
+        raise ConfigError(key, f"cannot import {module_name!r}: {exc}") from None
+    except AttributeError:
+        raise ConfigError(key, f"{module_name!r} has no attribute {attr!r}") from None
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        raise ConfigError(key, f"{spec!r} is not a {base.__name__}")
+    return obj
+
+
+def _backend(raw: Mapping[str, Any], section: str) -> BackendSettings:
+    value = raw.get(section)
+    if not isinstance(value, dict):
+        raise ConfigError(section, "is required: a mapping with 'backend' and 'options'")
+    for name in value:
+        if name not in ("backend", "options"):
+            raise ConfigError(f"{section}.{name}", "unknown key (known: backend, options)")
+    base, names = REGISTRY[section]
+    spec = value.get("backend")
+    if not isinstance(spec, str) or not spec:
+        raise ConfigError(f"{section}.backend", f"is required: one of {', '.join(names)} or 'module:Class'")
+    cls = load_class(names.get(spec, spec), base, f"{section}.backend")
+    options = value.get("options") or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"{section}.options", "must be a mapping")
+    params = inspect.signature(cls.__init__).parameters
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # a third-party class with annotations we cannot resolve
+        hints = {}
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    allowed = {n for n, p in params.items() if n != "self" and n not in _CODE_ONLY
+               and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    for name, item in options.items():
+        key = f"{section}.options.{name}"
+        if name not in allowed and not accepts_any:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise ConfigError(key, f"unknown option for {cls.__name__} (known: {known})")
+        if name in hints and not _type_ok(item, hints[name]):
+            raise ConfigError(key, f"must be {_type_name(hints[name])}, got {item!r}")
+    for name, p in params.items():
+        if name in allowed and p.default is p.empty and name not in options:
+            raise ConfigError(f"{section}.options.{name}", "is required")
+    return BackendSettings(section=section, cls=cls, options=options)
+
+
+# -------------------------------------------------------------------------------- loading
+
+_TOP = ("server", "service", "logging", "embedded_s3", "media_store", "object_store",
+        "credentials", "authenticator")
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+def parse_config(raw: Any, environ: Optional[Mapping[str, str]] = None) -> Config:
+    """Check a decoded YAML document and return the frozen configuration."""
+    if not isinstance(raw, dict):
+        raise ConfigError("", "the configuration must be a YAML mapping")
+    for name in raw:
+        if name not in _TOP:
+            raise ConfigError(str(name), f"unknown key (known: {', '.join(_TOP)})")
+    raw = _expand(raw, "", os.environ if environ is None else environ)
+
+    server = ServerSettings(**_section(raw, "server", _fields(ServerSettings)))
+    if not 0 <= server.port <= 65535:
+        raise ConfigError("server.port", "must be between 0 and 65535")
+    if server.max_body_bytes < 1024:
+        raise ConfigError("server.max_body_bytes", "must be at least 1024")
+    service = ServiceSettings(**_section(raw, "service", _fields(ServiceSettings)))
+    if service.expire_margin < 0:
+        raise ConfigError("service.expire_margin", "must be >= 0")
+    if service.verify_concurrency < 1:
+        raise ConfigError("service.verify_concurrency", "must be >= 1")
+    level = _section(raw, "logging", {"level": str}).get("level", "info").lower()
+    if level not in _LEVELS:
+        raise ConfigError("logging.level", f"must be one of {', '.join(_LEVELS)}")
+
+    embedded = None
+    if raw.get("embedded_s3") is not None:
+        fields = _fields(EmbeddedS3Settings)
+        fields["buckets"] = typing.List[str]
+        values = _section(raw, "embedded_s3", fields)
+        values["buckets"] = tuple(values.get("buckets", EmbeddedS3Settings.buckets))
+        embedded = EmbeddedS3Settings(**values)
+        if len(embedded.access_key) < 3 or len(embedded.secret_key) < 8:
+            raise ConfigError("embedded_s3.secret_key",
+                              "access_key (3+) and secret_key (8+ characters) are required")
+        if not 1 <= embedded.port <= 55535:
+            raise ConfigError("embedded_s3.port", "must be between 1 and 55535 (port+10000 is used too)")
+
+    return Config(
+        server=server, service=service, log_level=level, embedded_s3=embedded,
+        media_store=_backend(raw, "media_store"), object_store=_backend(raw, "object_store"),
+        credentials=_backend(raw, "credentials"), authenticator=_backend(raw, "authenticator"),
+    )
+
+
+def load_config(path: str, environ: Optional[Mapping[str, str]] = None) -> Config:
+    """Read and check a YAML configuration file."""
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        raise ConfigError("", "PyYAML is missing: pip install 'dji-media[server]'") from None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
+    return parse_config(raw, environ)
+
+

@@ -1,0 +1,70 @@
+"""The exception tree of dji_media.
+
+    DjiMediaError
+    ├── BadRequest              the request is malformed (HTTP 400); names the field
+    │   └── PayloadTooLarge     the body is over the configured limit (HTTP 413)
+    ├── Unauthenticated         missing, invalid or expired token (HTTP 401: logs the pilot out)
+    ├── Forbidden               valid token, but not for this workspace (HTTP 403)
+    ├── Unavailable             a dependency could not answer; retry later (HTTP 503)
+    │   ├── StorageUnavailable  object storage or STS could not be asked
+    │   └── DatabaseUnavailable the metadata database could not be read or written
+    └── ConfigError             the configuration is wrong; names the key
+
+Backends raise these and nothing else for the failures they expect; the web layer maps them to
+HTTP statuses in one table (``dji_media.web.errors``). Messages are shown to clients, so they
+never carry secrets, SQL, file system paths or tracebacks: the detail goes to the log.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+
+class DjiMediaError(Exception):
+    """Base of every error the library raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(DjiMediaError):
+    """The request is malformed. ``field`` names the offending field when there is one."""
+
+    def __init__(self, message: str, *, field: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class PayloadTooLarge(BadRequest):
+    """The request body is larger than the server accepts."""
+
+
+class Unauthenticated(DjiMediaError):
+    """No token, or a token that is invalid or expired. Pilot 2 logs the pilot out on this."""
+
+
+class Forbidden(DjiMediaError):
+    """The token is valid but may not act on this workspace."""
+
+
+class Unavailable(DjiMediaError):
+    """A dependency could not answer. Says nothing about the data; the client should retry."""
+
+
+class StorageUnavailable(Unavailable):
+    """Object storage (or its STS) could not be asked, or refused the server itself.
+
+    Never means "the object is gone": that is a definite answer, not an error.
+    """
+
+
+class DatabaseUnavailable(Unavailable):
+    """The metadata database could not be opened, read or written."""
+
+
+class ConfigError(DjiMediaError):
+    """A configuration value is missing, unknown or invalid. ``key`` is its dotted path."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key

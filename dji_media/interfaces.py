@@ -1,0 +1,116 @@
+"""The plugin interfaces: async abstract base classes with their contracts.
+
+A backend implements one of these and raises only the errors named in each docstring (see
+``dji_media.errors``). Blocking work (database queries, storage calls) must not run on the
+event loop: implementations run it in an executor or use a native async client.
+``dji_media.testing`` holds the contract tests every implementation must pass.
+"""
+from __future__ import annotations
+
+import abc
+from typing import List, Optional, Sequence
+
+from .values import FileGroup, GroupReport, Identity, MediaFile, MediaRecord, StorageGrant
+
+
+class _Closable:
+    async def close(self) -> None:
+        """Release connections and threads. Called once at shutdown; the default does nothing."""
+
+
+class MediaStore(_Closable, abc.ABC):
+    """Media records and file groups, scoped by workspace.
+
+    Every method raises ``DatabaseUnavailable`` when the database cannot be read or written,
+    and then has changed nothing.
+    """
+
+    @abc.abstractmethod
+    async def get(self, workspace_id: str, fingerprint: str) -> Optional[MediaRecord]:
+        """Return the record of (workspace, fingerprint), or None."""
+
+    @abc.abstractmethod
+    async def find_by_tiny_fingerprints(
+        self, workspace_id: str, tiny_fingerprints: Sequence[str]
+    ) -> List[MediaRecord]:
+        """Return every record of the workspace whose tiny fingerprint is in the sequence.
+
+        Any order; a tiny fingerprint may match several records. Must not cost a round trip per
+        item: one query per batch (chunked where the database limits parameters).
+        """
+
+    @abc.abstractmethod
+    async def upsert(self, workspace_id: str, file: MediaFile) -> MediaRecord:
+        """Insert or replace the record of (workspace, file.fingerprint) and return it.
+
+        Idempotent and safe under concurrency: any number of calls for the same key leave
+        exactly one record, holding the last call's file, with a higher revision.
+        """
+
+    @abc.abstractmethod
+    async def forget(self, record: MediaRecord) -> bool:
+        """Delete the record if it is still at ``record.revision``; return whether it was.
+
+        A newer write of the same file (a re-upload that raced with a stale check) survives.
+        """
+
+    @abc.abstractmethod
+    async def save_group(self, workspace_id: str, report: GroupReport) -> FileGroup:
+        """Insert or replace the totals of (workspace, report.file_group_id); latest wins."""
+
+    @abc.abstractmethod
+    async def get_group(self, workspace_id: str, file_group_id: str) -> Optional[FileGroup]:
+        """Return the stored group, or None."""
+
+    async def ping(self) -> None:
+        """Prove the database can be read and written; raise ``DatabaseUnavailable`` if not."""
+
+
+class ObjectStore(_Closable, abc.ABC):
+    """Read-only questions about objects in the media bucket."""
+
+    @abc.abstractmethod
+    async def exists(self, object_key: str) -> bool:
+        """True if the object is in the bucket, False if storage says definitely not (404).
+
+        Any other outcome (timeout, refused connection, 5xx, 403, a missing bucket) raises
+        ``StorageUnavailable``: it says nothing about the object and must never be taken for
+        "gone".
+        """
+
+    async def ping(self) -> None:
+        """Prove the bucket can be reached; raise ``StorageUnavailable`` if not."""
+
+
+class CredentialProvider(_Closable, abc.ABC):
+    """Temporary credentials that let a device upload into one workspace's prefix."""
+
+    @abc.abstractmethod
+    def object_key_prefix(self, workspace_id: str) -> str:
+        """The key prefix (no trailing slash) the workspace's devices upload under. Pure."""
+
+    @abc.abstractmethod
+    async def issue(self, workspace_id: str) -> StorageGrant:
+        """Return credentials valid for uploads under ``object_key_prefix(workspace_id)``.
+
+        The credentials must not allow anything else (no read, list, delete, other prefix or
+        bucket) where the storage supports scoping. Raises ``StorageUnavailable`` when they
+        cannot be obtained; never returns a grant without credentials.
+        """
+
+    async def ping(self) -> None:
+        """Prove credentials can be issued; the default issues a set for a probe workspace."""
+        await self.issue("dji-media-check")
+
+
+class Authenticator(_Closable, abc.ABC):
+    """Turns the X-Auth-Token of a request into an identity for one workspace."""
+
+    @abc.abstractmethod
+    async def authenticate(self, token: Optional[str], workspace_id: str) -> Identity:
+        """Return the identity behind ``token`` if it may act on ``workspace_id``.
+
+        Raises ``Unauthenticated`` for a missing, malformed, badly signed or expired token
+        (and only then: Pilot 2 logs the pilot out on 401), and ``Forbidden`` for a valid token
+        that does not cover the workspace.
+        """

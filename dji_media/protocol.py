@@ -1,0 +1,273 @@
+"""The Pilot 2 wire format, parsed and rendered in this one module.
+
+Request bodies become the typed values of ``dji_media.values``; results become the
+``{"code", "message", "data"}`` envelope. Nothing else in the package knows the wire spellings
+(``tinny_fingerprint``, ``access_key_secret``). Parsing is strict about what we rely on (types
+and lengths of the fields we store or query) and lenient about the rest: unknown fields are
+ignored and optional metadata that does not parse is kept only in the raw JSON.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import re
+from typing import Any, Dict, List, Mapping, Optional
+
+from .errors import BadRequest
+from .values import FastUploadQuery, GroupReport, MediaFile, StorageGrant, UploadReport
+
+# Bounds on what a client may send (doc/protocol-notes.md explains each).
+MAX_FINGERPRINT = 64
+MAX_TINY_FINGERPRINT = 128
+MAX_NAME = 255
+MAX_PATH = 1024
+MAX_OBJECT_KEY = 1024
+MAX_SHORT_ID = 128  # model keys, serial numbers, file group ids
+MAX_TINY_FINGERPRINTS = 20000
+MAX_WORKSPACE_ID = 64
+
+# Workspace ids end up in storage prefixes and IAM policy resources, so only characters that
+# cannot widen a policy or a path are allowed: no '*', '?', '/', '.', spaces or controls.
+WORKSPACE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,%d}$" % MAX_WORKSPACE_ID)
+
+CODE_SUCCESS = 0
+CODE_NOT_FOUND = -1  # Pilot 2 uploads when fast-upload answers a non-zero code
+
+
+def check_workspace_id(workspace_id: str) -> str:
+    if not WORKSPACE_ID_RE.match(workspace_id or ""):
+        raise BadRequest(
+            f"workspace_id must be 1 to {MAX_WORKSPACE_ID} characters of A-Z, a-z, 0-9, '_' or '-'",
+            field="workspace_id",
+        )
+    return workspace_id
+
+
+# ---------------------------------------------------------------------------- parsing helpers
+
+def decode_object(body: bytes, *, allow_empty: bool = False) -> Dict[str, Any]:
+    """Decode a request body that must be a JSON object."""
+    if not body.strip():
+        if allow_empty:
+            return {}
+        raise BadRequest("request body must be a JSON object", field="body")
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not valid UTF-8", field="body") from None
+    except ValueError:
+        raise BadRequest("request body is not valid JSON", field="body") from None
+    if not isinstance(value, dict):
+        raise BadRequest("request body must be a JSON object", field="body")
+    return value
+
+
+def _string(obj: Mapping[str, Any], key: str, limit: int, *, field: str,
+            required: bool = False) -> Optional[str]:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise BadRequest(f"{field} is required", field=field)
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{field} must be a string", field=field)
+    if required and not value:
+        raise BadRequest(f"{field} must not be empty", field=field)
+    if len(value) > limit:
+        raise BadRequest(f"{field} is longer than {limit} characters", field=field)
+    return value
+
+
+def _integer(obj: Mapping[str, Any], key: str, *, field: str, required: bool = False,
+             default: Optional[int] = None, minimum: Optional[int] = None) -> Optional[int]:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise BadRequest(f"{field} is required", field=field)
+        return default
+    # bool is an int in Python, but `true` is not a number on the wire.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{field} must be an integer", field=field)
+    if minimum is not None and value < minimum:
+        raise BadRequest(f"{field} must be >= {minimum}", field=field)
+    if abs(value) > 2**53:
+        raise BadRequest(f"{field} is out of range", field=field)
+    return value
+
+
+def _section(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """An optional nested object; anything that is not an object counts as absent."""
+    value = obj.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _lenient_float(value: Any) -> Optional[float]:
+    """Metadata numbers may arrive as strings (yaw does); what does not parse is dropped."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        result = float(value)
+    elif isinstance(value, str):
+        try:
+            result = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return result if math.isfinite(result) else None
+
+
+def _lenient_bool(value: Any) -> Optional[bool]:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    return None
+
+
+def _lenient_str(value: Any, limit: int) -> Optional[str]:
+    if isinstance(value, str) and len(value) <= limit:
+        return value
+    return None
+
+
+def parse_created_time(text: Any) -> Optional[_dt.datetime]:
+    """ISO 8601 with an offset, to UTC. Without an offset the zone is unknown: None."""
+    if not isinstance(text, str) or len(text) > 64:
+        return None
+    candidate = text.strip()
+    if candidate.endswith(("Z", "z")):
+        candidate = candidate[:-1] + "+00:00"
+    try:
+        value = _dt.datetime.fromisoformat(candidate)
+    except ValueError:
+        return None
+    if value.tzinfo is None:
+        return None
+    return value.astimezone(_dt.timezone.utc)
+
+
+def _tiny_from_ext(ext: Mapping[str, Any], field_prefix: str) -> Optional[str]:
+    # The device spells it "tinny_fingerprint"; accept the correct spelling too.
+    key = "tinny_fingerprint" if "tinny_fingerprint" in ext else "tiny_fingerprint"
+    return _string(ext, key, MAX_TINY_FINGERPRINT, field=f"{field_prefix}.{key}")
+
+
+# ------------------------------------------------------------------------------ the requests
+
+def parse_fast_upload(body: bytes) -> FastUploadQuery:
+    obj = decode_object(body)
+    ext = _section(obj, "ext")
+    return FastUploadQuery(
+        fingerprint=_string(obj, "fingerprint", MAX_FINGERPRINT, field="fingerprint", required=True),
+        tiny_fingerprint=_tiny_from_ext(ext, "ext"),
+        name=_string(obj, "name", MAX_NAME, field="name"),
+        path=_string(obj, "path", MAX_PATH, field="path"),
+    )
+
+
+def parse_tiny_fingerprints(body: bytes) -> List[str]:
+    obj = decode_object(body)
+    values = obj.get("tiny_fingerprints")
+    if values is None:
+        raise BadRequest("tiny_fingerprints is required", field="tiny_fingerprints")
+    if not isinstance(values, list):
+        raise BadRequest("tiny_fingerprints must be a list of strings", field="tiny_fingerprints")
+    if len(values) > MAX_TINY_FINGERPRINTS:
+        raise BadRequest(
+            f"tiny_fingerprints holds more than {MAX_TINY_FINGERPRINTS} items", field="tiny_fingerprints"
+        )
+    for index, value in enumerate(values):
+        if not isinstance(value, str) or not value or len(value) > MAX_TINY_FINGERPRINT:
+            raise BadRequest(
+                f"tiny_fingerprints[{index}] must be a non-empty string of at most "
+                f"{MAX_TINY_FINGERPRINT} characters",
+                field="tiny_fingerprints",
+            )
+    return values
+
+
+def parse_sts(body: bytes) -> None:
+    """sts takes no parameters; the body may be empty or ``{}`` but must not be garbage."""
+    decode_object(body, allow_empty=True)
+
+
+def parse_upload_callback(body: bytes) -> UploadReport:
+    obj = decode_object(body)
+    ext = _section(obj, "ext")
+    meta = _section(obj, "metadata")
+    position = _section(meta, "shoot_position")
+    created_text = meta.get("created_time")
+    # A missing result is taken as success: DJI's own demo never reads it, so a device that
+    # leaves it out has uploaded. A present, non-zero result is a failure and is not recorded.
+    result = _integer(obj, "result", field="result", default=0)
+    sub_file_type = obj.get("sub_file_type")
+    if sub_file_type is not None and (isinstance(sub_file_type, bool) or not isinstance(sub_file_type, int)):
+        raise BadRequest("sub_file_type must be an integer", field="sub_file_type")
+    media = MediaFile(
+        fingerprint=_string(obj, "fingerprint", MAX_FINGERPRINT, field="fingerprint", required=True),
+        object_key=_string(obj, "object_key", MAX_OBJECT_KEY, field="object_key", required=True),
+        tiny_fingerprint=_tiny_from_ext(ext, "ext"),
+        name=_string(obj, "name", MAX_NAME, field="name"),
+        path=_string(obj, "path", MAX_PATH, field="path"),
+        sub_file_type=sub_file_type,
+        file_group_id=_string(ext, "file_group_id", MAX_SHORT_ID, field="ext.file_group_id"),
+        drone_model_key=_lenient_str(ext.get("drone_model_key"), MAX_SHORT_ID),
+        payload_model_key=_lenient_str(ext.get("payload_model_key"), MAX_SHORT_ID),
+        is_original=_lenient_bool(ext.get("is_original")),
+        sn=_lenient_str(ext.get("sn"), MAX_SHORT_ID),
+        gimbal_yaw_degree=_lenient_float(meta.get("gimbal_yaw_degree")),
+        absolute_altitude=_lenient_float(meta.get("absolute_altitude")),
+        relative_altitude=_lenient_float(meta.get("relative_altitude")),
+        created_time=parse_created_time(created_text),
+        created_time_text=_lenient_str(created_text, 64),
+        shoot_lat=_lenient_float(position.get("lat")),
+        shoot_lng=_lenient_float(position.get("lng")),
+        raw_json=json.dumps(obj, ensure_ascii=False, separators=(",", ":")),
+    )
+    return UploadReport(result=result, file=media)
+
+
+def parse_group_callback(body: bytes) -> GroupReport:
+    obj = decode_object(body)
+    return GroupReport(
+        file_group_id=_string(obj, "file_group_id", MAX_SHORT_ID, field="file_group_id", required=True),
+        file_count=_integer(obj, "file_count", field="file_count", required=True, minimum=0),
+        file_uploaded_count=_integer(
+            obj, "file_uploaded_count", field="file_uploaded_count", required=True, minimum=0
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------- the responses
+
+def envelope(code: int, message: str, data: Any = None) -> Dict[str, Any]:
+    """The one response shape. ``data`` is never null on the wire: Pilot 2 expects an object."""
+    return {"code": code, "message": message, "data": {} if data is None else data}
+
+
+def success(data: Any = None) -> Dict[str, Any]:
+    return envelope(CODE_SUCCESS, "success", data)
+
+
+def unknown_file(fingerprint: str) -> Dict[str, Any]:
+    return envelope(CODE_NOT_FOUND, f"{fingerprint} don't exist.")
+
+
+def render_grant(grant: StorageGrant, expire_seconds: int) -> Dict[str, Any]:
+    return {
+        "bucket": grant.bucket,
+        "credentials": {
+            "access_key_id": grant.credentials.access_key_id,
+            "access_key_secret": grant.credentials.secret_access_key,
+            "expire": int(expire_seconds),  # devices reject "3300" as a string
+            "security_token": grant.credentials.session_token or "",
+        },
+        "endpoint": grant.endpoint,
+        "object_key_prefix": grant.object_key_prefix,
+        "provider": grant.provider,
+        "region": grant.region,
+    }

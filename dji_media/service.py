@@ -1,0 +1,174 @@
+"""The use cases of the media protocol, independent of any transport.
+
+``MediaService`` is what a Tornado handler (and later an MQTT adapter) calls. It depends only on
+the plugin interfaces, so every rule of protocol.md sections 3 and 4 lives here once: what counts
+as "known", how stale rows are treated, what a failed upload means, how long credentials are
+advertised for.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import List, Optional, Sequence, Tuple
+
+from .errors import BadRequest, StorageUnavailable
+from .interfaces import Authenticator, CredentialProvider, MediaStore, ObjectStore
+from .protocol import MAX_OBJECT_KEY, check_workspace_id
+from .values import (
+    FastUploadQuery, FileGroup, GroupReport, Identity, MediaRecord, StorageGrant, UploadReport,
+    utc_now,
+)
+
+log = logging.getLogger("dji_media.service")
+
+
+@dataclasses.dataclass(frozen=True)
+class CallbackOutcome:
+    """What an upload-callback did: ``recorded`` is False for a failed upload (result != 0)."""
+
+    recorded: bool
+    object_key: str
+    result: int
+
+
+class MediaService:
+    """The five use cases. Built once at start-up with its backends.
+
+    :param expire_margin: seconds subtracted from the credentials' remaining lifetime when
+        telling a device how long they last, so it never starts an upload on credentials about
+        to lapse (DJI's demo uses 300).
+    :param verify_concurrency: how many storage checks one tiny-fingerprints request may run
+        at once.
+    :param enforce_key_prefix: refuse upload-callbacks whose object key is outside the
+        workspace's prefix (see doc/configuration.md for when to turn it off).
+    """
+
+    def __init__(
+        self,
+        *,
+        media_store: MediaStore,
+        object_store: ObjectStore,
+        credentials: CredentialProvider,
+        authenticator: Authenticator,
+        expire_margin: int = 300,
+        verify_concurrency: int = 16,
+        enforce_key_prefix: bool = True,
+    ) -> None:
+        if expire_margin < 0:
+            raise ValueError("expire_margin must be >= 0")
+        if verify_concurrency < 1:
+            raise ValueError("verify_concurrency must be >= 1")
+        self.media_store = media_store
+        self.object_store = object_store
+        self.credentials = credentials
+        self.authenticator = authenticator
+        self.expire_margin = expire_margin
+        self.verify_concurrency = verify_concurrency
+        self.enforce_key_prefix = enforce_key_prefix
+
+    # -------------------------------------------------------------------------- access
+
+    async def authenticate(self, token: Optional[str], workspace_id: str) -> Identity:
+        """Let the token into the workspace or raise Unauthenticated / Forbidden / BadRequest."""
+        identity = await self.authenticator.authenticate(token, workspace_id)
+        check_workspace_id(workspace_id)
+        return identity
+
+    # ----------------------------------------------------------------------- use cases
+
+    async def fast_upload(self, workspace_id: str, query: FastUploadQuery) -> bool:
+        """True if the workspace holds the file and its object is really in the bucket."""
+        record = await self.media_store.get(workspace_id, query.fingerprint)
+        if record is None:
+            return False
+        return await self._verify(record)
+
+    async def existing_tiny_fingerprints(
+        self, workspace_id: str, tiny_fingerprints: Sequence[str]
+    ) -> List[str]:
+        """The distinct tiny fingerprints the workspace holds, in request order."""
+        wanted = list(dict.fromkeys(tiny_fingerprints))
+        if not wanted:
+            return []
+        records = await self.media_store.find_by_tiny_fingerprints(workspace_id, wanted)
+        limit = asyncio.Semaphore(self.verify_concurrency)
+
+        async def check(record: MediaRecord) -> Tuple[MediaRecord, bool]:
+            async with limit:
+                return record, await self._verify(record)
+
+        verdicts = await asyncio.gather(*(check(r) for r in records))
+        present = {r.file.tiny_fingerprint for r, ok in verdicts if ok}
+        return [t for t in wanted if t in present]
+
+    async def issue_credentials(self, workspace_id: str) -> Tuple[StorageGrant, int]:
+        """Credentials for the workspace's prefix and the seconds to advertise as ``expire``."""
+        grant = await self.credentials.issue(workspace_id)
+        expire = int(grant.credentials.seconds_left(utc_now())) - self.expire_margin
+        if expire <= 0:
+            # Handing out credentials that lapse before an upload can finish would make devices
+            # fail mid-file; say so instead.
+            log.error("credential provider returned credentials that expire in %.0f s",
+                      grant.credentials.seconds_left())
+            raise StorageUnavailable("storage credentials could not be issued (they expire too soon)")
+        return grant, expire
+
+    async def record_upload(self, workspace_id: str, report: UploadReport) -> CallbackOutcome:
+        """Store a successful upload (idempotently); a failed one is acknowledged, not stored."""
+        key = report.file.object_key
+        self._check_object_key(workspace_id, key)
+        if report.result != 0:
+            log.info("upload-callback with result=%s for %s/%s: not recorded",
+                     report.result, workspace_id, report.file.fingerprint)
+            return CallbackOutcome(recorded=False, object_key=key, result=report.result)
+        await self.media_store.upsert(workspace_id, report.file)
+        return CallbackOutcome(recorded=True, object_key=key, result=0)
+
+    async def record_group(self, workspace_id: str, report: GroupReport) -> FileGroup:
+        if report.file_uploaded_count > report.file_count:
+            raise BadRequest("file_uploaded_count must not exceed file_count", field="file_uploaded_count")
+        return await self.media_store.save_group(workspace_id, report)
+
+    async def close(self) -> None:
+        for backend in (self.authenticator, self.credentials, self.object_store, self.media_store):
+            await backend.close()
+
+    # ------------------------------------------------------------------------- helpers
+
+    async def _verify(self, record: MediaRecord) -> bool:
+        """Ask storage whether the record's object is there (protocol.md section 4).
+
+        Gone (404): the row is stale, so it is removed and the device uploads again. Storage
+        unreachable: answer "unknown" so the device uploads again, and touch nothing.
+        """
+        try:
+            present = await self.object_store.exists(record.file.object_key)
+        except StorageUnavailable as exc:
+            log.warning("storage could not confirm %s (%s); answering unknown, record kept",
+                        record.file.object_key, exc.message)
+            return False
+        if not present:
+            removed = await self.media_store.forget(record)
+            log.info("object %s is gone from storage; stale record of %s/%s %s",
+                     record.file.object_key, record.workspace_id, record.file.fingerprint,
+                     "removed" if removed else "was rewritten meanwhile and kept")
+        return present
+
+    def _check_object_key(self, workspace_id: str, key: str) -> None:
+        # Object keys are stored as data and never used as file system paths, but a key outside
+        # the workspace's prefix would let one workspace claim another's objects.
+        if len(key) > MAX_OBJECT_KEY:
+            raise BadRequest(f"object_key is longer than {MAX_OBJECT_KEY} characters", field="object_key")
+        if key.startswith("/") or any(ord(c) < 32 or ord(c) == 127 for c in key):
+            raise BadRequest("object_key must be a relative key without control characters",
+                             field="object_key")
+        segments = key.split("/")
+        if any(s in ("", ".", "..") for s in segments):
+            raise BadRequest("object_key must not contain empty, '.' or '..' segments", field="object_key")
+        if self.enforce_key_prefix:
+            prefix = self.credentials.object_key_prefix(workspace_id).rstrip("/") + "/"
+            if not key.startswith(prefix):
+                raise BadRequest(f"object_key must start with the workspace prefix {prefix!r}",
+                                 field="object_key")
+

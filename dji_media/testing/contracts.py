@@ -1,0 +1,221 @@
+"""Contract tests: written once, run over every implementation of an interface.
+
+Subclass a class below in a test module and provide its fixtures:
+
+    class TestMyStore(MediaStoreContract):
+        @pytest.fixture
+        def media_store(self):
+            return MyStore(...)
+
+Coroutine tests use pytest-tornado's ``gen_test`` marker.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import uuid
+
+import pytest
+
+from ..errors import Forbidden, StorageUnavailable, Unauthenticated
+from ..values import GroupReport, MediaFile
+
+
+def sample_file(fingerprint: str = "7F78C9F1999425CB61F10E1FE206009E", **changes) -> MediaFile:
+    """A media file as a real upload-callback describes it."""
+    values = dict(
+        fingerprint=fingerprint,
+        object_key=f"media/ws/DJI_{fingerprint}.JPG",
+        tiny_fingerprint=f"{fingerprint.lower()}_2022_8_31_15_16_16",
+        name=f"DJI_{fingerprint}.JPG",
+        path="DJI_202208311455_008_Waypoint1",
+        sub_file_type=0,
+        file_group_id="3c3a3c8e-8f2e-4a63-9d3f-1a2b3c4d5e6f",
+        drone_model_key="0-67-0",
+        payload_model_key="1-52-0",
+        is_original=True,
+        sn="1AD3CA2VL3LAD6",
+        gimbal_yaw_degree=-4.3,
+        absolute_altitude=-36.889,
+        relative_altitude=100.001,
+        created_time=_dt.datetime(2022, 8, 31, 7, 16, 16, tzinfo=_dt.timezone.utc),
+        created_time_text="2022-08-31T15:16:16+08:00",
+        shoot_lat=22.577666,
+        shoot_lng=113.943194,
+        raw_json='{"fingerprint":"%s"}' % fingerprint,
+    )
+    values.update(changes)
+    return MediaFile(**values)
+
+
+class MediaStoreContract:
+    """Fixture required: ``media_store``, a fresh, empty MediaStore."""
+
+    @pytest.mark.gen_test
+    async def test_get_unknown_is_none(self, media_store):
+        assert await media_store.get("ws", "NOPE") is None
+
+    @pytest.mark.gen_test
+    async def test_upsert_then_get_round_trips_every_field(self, media_store):
+        file = sample_file()
+        stored = await media_store.upsert("ws", file)
+        assert stored.file == file
+        assert stored.workspace_id == "ws"
+        assert stored.revision >= 1
+        fetched = await media_store.get("ws", file.fingerprint)
+        assert fetched is not None
+        assert fetched.file == file
+        assert fetched.created_at.tzinfo is not None and fetched.updated_at.tzinfo is not None
+        assert fetched.file.created_time.utcoffset() == _dt.timedelta(0)
+
+    @pytest.mark.gen_test
+    async def test_optional_fields_may_be_missing(self, media_store):
+        file = MediaFile(fingerprint="ABC", object_key="media/ws/a.jpg")
+        await media_store.upsert("ws", file)
+        assert (await media_store.get("ws", "ABC")).file == file
+
+    @pytest.mark.gen_test
+    async def test_workspaces_are_separate(self, media_store):
+        await media_store.upsert("ws-a", sample_file("F1"))
+        assert await media_store.get("ws-b", "F1") is None
+        assert await media_store.find_by_tiny_fingerprints("ws-b", [sample_file("F1").tiny_fingerprint]) == []
+
+    @pytest.mark.gen_test
+    async def test_fingerprints_are_case_sensitive(self, media_store):
+        await media_store.upsert("ws", sample_file("abc"))
+        assert await media_store.get("ws", "ABC") is None
+
+    @pytest.mark.gen_test
+    async def test_upsert_is_idempotent_and_latest_wins(self, media_store):
+        first = await media_store.upsert("ws", sample_file("F1", name="one.jpg"))
+        second = await media_store.upsert("ws", sample_file("F1", name="two.jpg"))
+        assert second.revision > first.revision
+        assert second.created_at == first.created_at
+        fetched = await media_store.get("ws", "F1")
+        assert fetched.file.name == "two.jpg"
+        assert len(await media_store.find_by_tiny_fingerprints("ws", [fetched.file.tiny_fingerprint])) == 1
+
+    @pytest.mark.gen_test
+    async def test_concurrent_upserts_leave_one_record(self, media_store):
+        results = await asyncio.gather(*(media_store.upsert("ws", sample_file("F1")) for _ in range(20)))
+        assert len({r.revision for r in results}) == 20  # every write was applied, none lost
+        found = await media_store.find_by_tiny_fingerprints("ws", [sample_file("F1").tiny_fingerprint])
+        assert len(found) == 1
+
+    @pytest.mark.gen_test
+    async def test_find_by_tiny_fingerprints(self, media_store):
+        for fp in ("A1", "B2", "C3"):
+            await media_store.upsert("ws", sample_file(fp))
+        wanted = [sample_file("C3").tiny_fingerprint, "unknown_1_2_3", sample_file("A1").tiny_fingerprint]
+        found = await media_store.find_by_tiny_fingerprints("ws", wanted)
+        assert sorted(r.file.fingerprint for r in found) == ["A1", "C3"]
+        assert await media_store.find_by_tiny_fingerprints("ws", []) == []
+
+    @pytest.mark.gen_test
+    async def test_find_by_many_tiny_fingerprints(self, media_store):
+        # More than one query chunk's worth of parameters.
+        for i in range(5):
+            await media_store.upsert("ws", sample_file(f"K{i}"))
+        wanted = [f"x{i}" for i in range(2500)] + [sample_file(f"K{i}").tiny_fingerprint for i in range(5)]
+        found = await media_store.find_by_tiny_fingerprints("ws", wanted)
+        assert sorted(r.file.fingerprint for r in found) == [f"K{i}" for i in range(5)]
+
+    @pytest.mark.gen_test
+    async def test_forget_removes_only_the_revision_seen(self, media_store):
+        old = await media_store.upsert("ws", sample_file("F1"))
+        newer = await media_store.upsert("ws", sample_file("F1"))
+        assert await media_store.forget(old) is False  # a newer write raced: it survives
+        assert await media_store.get("ws", "F1") is not None
+        assert await media_store.forget(newer) is True
+        assert await media_store.get("ws", "F1") is None
+        assert await media_store.forget(newer) is False
+
+    @pytest.mark.gen_test
+    async def test_groups_latest_report_wins(self, media_store):
+        assert await media_store.get_group("ws", "g1") is None
+        await media_store.save_group("ws", GroupReport("g1", 14, 3))
+        saved = await media_store.save_group("ws", GroupReport("g1", 14, 12))
+        assert (saved.file_count, saved.file_uploaded_count) == (14, 12)
+        fetched = await media_store.get_group("ws", "g1")
+        assert (fetched.file_count, fetched.file_uploaded_count) == (14, 12)
+        assert await media_store.get_group("other", "g1") is None
+
+    @pytest.mark.gen_test
+    async def test_ping(self, media_store):
+        await media_store.ping()
+
+
+class ObjectStoreContract:
+    """Fixtures required: ``object_store``; ``put_object(key)`` and ``remove_object(key)``,
+    callables that change the bucket behind the store's back; ``unreachable_object_store``,
+    a store of the same kind whose storage cannot be reached."""
+
+    @pytest.mark.gen_test
+    async def test_present_and_gone(self, object_store, put_object, remove_object):
+        key = f"media/ws/{uuid.uuid4().hex}.jpg"
+        assert await object_store.exists(key) is False
+        put_object(key)
+        assert await object_store.exists(key) is True
+        remove_object(key)
+        assert await object_store.exists(key) is False
+
+    @pytest.mark.gen_test
+    async def test_unreachable_is_an_error_not_gone(self, unreachable_object_store):
+        with pytest.raises(StorageUnavailable):
+            await unreachable_object_store.exists("media/ws/any.jpg")
+        with pytest.raises(StorageUnavailable):
+            await unreachable_object_store.ping()
+
+    @pytest.mark.gen_test
+    async def test_ping(self, object_store):
+        await object_store.ping()
+
+
+class CredentialProviderContract:
+    """Fixture required: ``credential_provider``."""
+
+    @pytest.mark.gen_test
+    async def test_issue_for_the_workspace_prefix(self, credential_provider):
+        grant = await credential_provider.issue("ws-1")
+        assert grant.object_key_prefix == credential_provider.object_key_prefix("ws-1")
+        assert "ws-1" in grant.object_key_prefix
+        assert grant.object_key_prefix != credential_provider.object_key_prefix("ws-2")
+        assert grant.provider in ("minio", "aws", "ali")
+        assert grant.endpoint.startswith(("http://", "https://"))
+        assert grant.bucket
+        creds = grant.credentials
+        assert creds.access_key_id and creds.secret_access_key
+        assert creds.expires_at.tzinfo is not None
+        assert creds.seconds_left() > 900
+
+    @pytest.mark.gen_test
+    async def test_secret_not_in_repr(self, credential_provider):
+        grant = await credential_provider.issue("ws-1")
+        assert grant.credentials.secret_access_key not in repr(grant)
+
+
+class AuthenticatorContract:
+    """Fixtures required: ``authenticator``; ``token_for(workspace_id)`` returning a valid token
+    for that one workspace; ``invalid_token``, a token it must refuse."""
+
+    @pytest.mark.gen_test
+    async def test_valid_token_for_its_workspace(self, authenticator, token_for):
+        identity = await authenticator.authenticate(token_for("ws-1"), "ws-1")
+        assert identity.workspace_id == "ws-1"
+        assert identity.subject
+
+    @pytest.mark.gen_test
+    async def test_missing_token_is_unauthenticated(self, authenticator):
+        for token in (None, ""):
+            with pytest.raises(Unauthenticated):
+                await authenticator.authenticate(token, "ws-1")
+
+    @pytest.mark.gen_test
+    async def test_invalid_token_is_unauthenticated(self, authenticator, invalid_token):
+        with pytest.raises(Unauthenticated):
+            await authenticator.authenticate(invalid_token, "ws-1")
+
+    @pytest.mark.gen_test
+    async def test_other_workspace_is_forbidden(self, authenticator, token_for):
+        with pytest.raises(Forbidden):
+            await authenticator.authenticate(token_for("ws-1"), "ws-2")

@@ -1,0 +1,130 @@
+"""Frozen values that cross the plugin interfaces.
+
+Every value is immutable so that a backend, the service and a handler can share one without
+copying. Datetimes are always timezone-aware UTC.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from typing import Optional
+
+
+def utc_now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Who made a request, once the Authenticator let them into ``workspace_id``."""
+
+    subject: str
+    workspace_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FastUploadQuery:
+    """A fast-upload request: "do you already have this file?"."""
+
+    fingerprint: str
+    tiny_fingerprint: Optional[str] = None
+    name: Optional[str] = None
+    path: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaFile:
+    """Everything a device told us about one uploaded file.
+
+    ``raw_json`` is the callback body exactly as received (decoded and re-encoded), so a field
+    we do not model yet is never lost. ``created_time`` is UTC; ``created_time_text`` keeps the
+    device's text with its original offset.
+    """
+
+    fingerprint: str
+    object_key: str
+    tiny_fingerprint: Optional[str] = None
+    name: Optional[str] = None
+    path: Optional[str] = None
+    sub_file_type: Optional[int] = None
+    file_group_id: Optional[str] = None
+    drone_model_key: Optional[str] = None
+    payload_model_key: Optional[str] = None
+    is_original: Optional[bool] = None
+    sn: Optional[str] = None
+    gimbal_yaw_degree: Optional[float] = None
+    absolute_altitude: Optional[float] = None
+    relative_altitude: Optional[float] = None
+    created_time: Optional[_dt.datetime] = None
+    created_time_text: Optional[str] = None
+    shoot_lat: Optional[float] = None
+    shoot_lng: Optional[float] = None
+    raw_json: str = "{}"
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadReport:
+    """An upload-callback: ``result`` 0 means the device stored ``file`` in the bucket."""
+
+    result: int
+    file: MediaFile
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaRecord:
+    """A stored media file. ``revision`` grows with every write of the row, so a caller can
+    remove a row it judged stale without removing a newer write of the same file."""
+
+    workspace_id: str
+    file: MediaFile
+    revision: int
+    created_at: _dt.datetime
+    updated_at: _dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupReport:
+    """A group-upload-callback: a mission's file totals as the device sees them."""
+
+    file_group_id: str
+    file_count: int
+    file_uploaded_count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FileGroup:
+    """A stored file group (latest report wins)."""
+
+    workspace_id: str
+    file_group_id: str
+    file_count: int
+    file_uploaded_count: int
+    updated_at: _dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadCredentials:
+    """Temporary storage credentials. ``expires_at`` is an aware UTC datetime."""
+
+    access_key_id: str
+    secret_access_key: str
+    session_token: Optional[str]
+    expires_at: _dt.datetime
+
+    def __repr__(self) -> str:  # never print a secret by accident
+        return f"UploadCredentials(access_key_id={self.access_key_id!r}, expires_at={self.expires_at!r})"
+
+    def seconds_left(self, now: Optional[_dt.datetime] = None) -> float:
+        return (self.expires_at - (now or utc_now())).total_seconds()
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageGrant:
+    """What a device needs to upload into one workspace's prefix."""
+
+    bucket: str
+    endpoint: str
+    region: str
+    provider: str
+    object_key_prefix: str
+    credentials: UploadCredentials

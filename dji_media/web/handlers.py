@@ -1,0 +1,123 @@
+"""The Tornado handlers. They parse (``protocol``), call the service, render (``protocol``) and
+map errors in one place; no business rule lives here."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Dict, Optional
+
+import tornado.web
+
+from .. import protocol
+from ..errors import (
+    BadRequest, DjiMediaError, Forbidden, PayloadTooLarge, Unauthenticated, Unavailable,
+)
+from ..service import MediaService
+
+log = logging.getLogger("dji_media.web")
+
+# The one table from domain errors to HTTP status. The envelope's code repeats the status, so
+# a client that only reads the body still tells a bad request from an outage.
+ERROR_STATUS = (
+    (PayloadTooLarge, 413),
+    (BadRequest, 400),
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+    (Unavailable, 503),
+)
+
+
+def status_for(exc: DjiMediaError) -> int:
+    for kind, status in ERROR_STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+class EnvelopeMixin:
+    """Every answer, Tornado's own errors included, is the JSON envelope: no HTML, no traceback."""
+
+    def reply(self: Any, status: int, body: Dict[str, Any]) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
+
+    def write_error(self: Any, status_code: int, **kwargs: Any) -> None:
+        # Reached for Tornado's HTTPErrors (404, 405, ...) and for unexpected exceptions, which
+        # Tornado has already logged with their traceback. The client gets the reason only.
+        message = self._reason if status_code != 500 else "internal server error"
+        self.reply(status_code, protocol.envelope(status_code, message))
+
+
+class NotFoundHandler(EnvelopeMixin, tornado.web.RequestHandler):
+    """Use as the host app's ``default_handler_class`` so unknown paths answer the envelope."""
+
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404)
+
+
+class _MediaHandler(EnvelopeMixin, tornado.web.RequestHandler):
+    SUPPORTED_METHODS = ("POST",)
+
+    def initialize(self, service: MediaService, max_body_bytes: int) -> None:
+        self.service = service
+        self.max_body_bytes = max_body_bytes
+
+    async def handle(self, workspace_id: str, body: bytes) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    async def post(self, workspace_id: str) -> None:
+        try:
+            if len(self.request.body) > self.max_body_bytes:
+                raise PayloadTooLarge(f"request body is larger than {self.max_body_bytes} bytes",
+                                      field="body")
+            token: Optional[str] = self.request.headers.get("X-Auth-Token")
+            await self.service.authenticate(token, workspace_id)
+            answer = await self.handle(workspace_id, self.request.body)
+        except DjiMediaError as exc:
+            status = status_for(exc)
+            log.log(logging.WARNING if status >= 500 else logging.INFO, "%s %s -> %s: %s",
+                    self.request.method, self.request.path, status, exc.message)
+            self.reply(status, protocol.envelope(status, exc.message))
+            return
+        self.reply(200, answer)
+
+
+class FastUploadHandler(_MediaHandler):
+    async def handle(self, workspace_id: str, body: bytes) -> Dict[str, Any]:
+        query = protocol.parse_fast_upload(body)
+        if await self.service.fast_upload(workspace_id, query):
+            return protocol.success()
+        return protocol.unknown_file(query.fingerprint)
+
+
+class TinyFingerprintsHandler(_MediaHandler):
+    async def handle(self, workspace_id: str, body: bytes) -> Dict[str, Any]:
+        wanted = protocol.parse_tiny_fingerprints(body)
+        found = await self.service.existing_tiny_fingerprints(workspace_id, wanted)
+        return protocol.success({"tiny_fingerprints": found})
+
+
+class StsHandler(_MediaHandler):
+    async def handle(self, workspace_id: str, body: bytes) -> Dict[str, Any]:
+        protocol.parse_sts(body)
+        grant, expire = await self.service.issue_credentials(workspace_id)
+        return protocol.success(protocol.render_grant(grant, expire))
+
+
+class UploadCallbackHandler(_MediaHandler):
+    async def handle(self, workspace_id: str, body: bytes) -> Dict[str, Any]:
+        outcome = await self.service.record_upload(workspace_id, protocol.parse_upload_callback(body))
+        if not outcome.recorded:
+            return protocol.envelope(
+                protocol.CODE_NOT_FOUND,
+                f"upload reported as failed (result {outcome.result}); not recorded",
+                {"object_key": outcome.object_key},
+            )
+        return protocol.success({"object_key": outcome.object_key})
+
+
+class GroupUploadCallbackHandler(_MediaHandler):
+    async def handle(self, workspace_id: str, body: bytes) -> Dict[str, Any]:
+        await self.service.record_group(workspace_id, protocol.parse_group_callback(body))
+        return protocol.success()

@@ -1,0 +1,49 @@
+"""A thin example server: the public API of dji_media mounted into a Tornado application.
+
+    python examples/server.py --config conf/example.yaml
+
+A real host application would add its own routes (login page, device binding, ...) next to the
+media routes; ``dji-media serve`` does the same as this file, with graceful shutdown.
+"""
+import argparse
+import asyncio
+import logging
+
+import tornado.web
+
+from dji_media import NotFoundHandler, get_handlers
+from dji_media.config import load_config
+from dji_media.wiring import build_service, start_embedded_s3
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="conf/example.yaml")
+    config = load_config(parser.parse_args().config)
+    logging.basicConfig(level=config.log_level.upper())
+
+    storage = start_embedded_s3(config)  # None unless the config has an embedded_s3 section
+    service = build_service(config)
+    app = tornado.web.Application(
+        get_handlers(service, prefix=config.server.prefix,
+                     max_body_bytes=config.server.max_body_bytes),
+        default_handler_class=NotFoundHandler,
+    )
+    app.listen(config.server.port, config.server.host)
+    print(f"dji_media example server on http://{config.server.host}:{config.server.port}", flush=True)
+    if config.server.demo_banner and hasattr(service.authenticator, "example"):
+        token, workspace = service.authenticator.example()
+        print(f"demo token: {token}  workspace: {workspace}", flush=True)
+    try:
+        await asyncio.Event().wait()  # serve until Ctrl-C
+    finally:
+        await service.close()
+        if storage is not None:
+            storage.stop()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass

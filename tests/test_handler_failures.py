@@ -1,0 +1,46 @@
+"""Handler behaviour when a backend fails or a token may use any workspace."""
+from __future__ import annotations
+
+import pytest
+
+from dji_media import StaticTokenAuthenticator, StorageUnavailable
+from dji_media.interfaces import CredentialProvider
+from support import TOKEN_A
+
+STS = "/storage/api/v1/workspaces/ws-a/sts"
+
+
+class FailingCredentials(CredentialProvider):
+    def object_key_prefix(self, workspace_id):
+        return f"media/{workspace_id}"
+
+    async def issue(self, workspace_id):
+        raise StorageUnavailable("storage credentials could not be issued: STS is unreachable")
+
+
+@pytest.fixture
+def credentials():
+    return FailingCredentials()
+
+
+@pytest.fixture
+def authenticator():
+    # "*" lets the token into any workspace, so only the workspace id check can refuse.
+    return StaticTokenAuthenticator(tokens={TOKEN_A: ["*"]})
+
+
+@pytest.mark.gen_test
+async def test_sts_failure_is_non_zero_code_with_message_never_null_credentials(call):
+    status, env = await call(STS, {})
+    assert status == 503 and env["code"] == 503
+    assert "STS is unreachable" in env["message"]
+    assert env["data"] == {}
+
+
+@pytest.mark.gen_test
+async def test_workspace_ids_that_could_widen_a_policy_are_400(call):
+    for ws in ("a*b", "a%3Fb", "..", "a.b", "x" * 65, "%20"):
+        status, env = await call(f"/media/api/v1/workspaces/{ws}/fast-upload", {"fingerprint": "F"})
+        assert (status, env["code"]) == (400, 400) and "workspace_id" in env["message"], ws
+    status, env = await call("/media/api/v1/workspaces/ws_ok-1/fast-upload", {"fingerprint": "F"})
+    assert (status, env["code"]) == (200, -1)
