@@ -1,0 +1,97 @@
+"""The YAML configuration: the example file, ${VAR} expansion and refusals that name the key."""
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import yaml
+
+from dji_media import ConfigError, InMemoryMediaStore, PeeweeMediaStore, StsCredentialProvider
+from dji_media.config import load_config, parse_config
+from dji_media.wiring import build_service
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "conf", "example.yaml")
+
+
+@pytest.fixture
+def raw():
+    with open(EXAMPLE, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def test_example_config_loads_and_builds():
+    config = load_config(EXAMPLE, environ={})
+    assert config.media_store.cls is PeeweeMediaStore
+    assert config.credentials.cls is StsCredentialProvider
+    assert config.embedded_s3.port == 8333
+    assert config.authenticator.options["tokens"] == {"demo-token-change-me": ["demo-workspace"]}
+    service = build_service(config)
+    assert service.credentials.object_key_prefix("w1") == "media/w1"
+    assert service.expire_margin == 300
+
+
+def test_environment_variables_fill_values_and_keys(raw):
+    env = {"DJI_MEDIA_S3_SECRET_KEY": "from-env-secret", "DJI_MEDIA_DEMO_TOKEN": "token-from-env"}
+    config = parse_config(raw, environ=env)
+    assert config.credentials.options["secret_key"] == "from-env-secret"
+    assert config.object_store.options["secret_key"] == "from-env-secret"
+    assert config.authenticator.options["tokens"] == {"token-from-env": ["demo-workspace"]}
+
+
+def test_unset_variable_without_default_names_the_key(raw):
+    raw["authenticator"] = {"backend": "jwt", "options": {"secret": "${JWT_SECRET}"}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, environ={})
+    assert info.value.key == "authenticator.options.secret" and "JWT_SECRET" in info.value.message
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda r: r.update(surprise=1), "surprise"),
+    (lambda r: r["server"].update(prot=80), "server.prot"),
+    (lambda r: r["server"].update(port="80"), "server.port"),
+    (lambda r: r["server"].update(port=70000), "server.port"),
+    (lambda r: r["logging"].update(level="loud"), "logging.level"),
+    (lambda r: r["service"].update(expire_margin=-1), "service.expire_margin"),
+    (lambda r: r["media_store"].update(backend="nosuch"), "media_store.backend"),
+    (lambda r: r["media_store"].update(backend="os.path:join"), "media_store.backend"),
+    (lambda r: r["media_store"].update(backend="no_such_module:Store"), "media_store.backend"),
+    (lambda r: r["media_store"].update(backend="dji_media.backends.s3:MinioObjectStore"), "media_store.backend"),
+    (lambda r: r["media_store"]["options"].update(colour="blue"), "media_store.options.colour"),
+    (lambda r: r["media_store"]["options"].update(busy_timeout_ms="5s"), "media_store.options.busy_timeout_ms"),
+    (lambda r: r["object_store"]["options"].pop("bucket"), "object_store.options.bucket"),
+    (lambda r: r["object_store"]["options"].update(endpoint="127.0.0.1:8333"), "object_store.options"),
+    (lambda r: r["credentials"]["options"].update(provider="gcs"), "credentials.options"),
+    (lambda r: r["credentials"]["options"].update(duration_seconds=60), "credentials.options"),
+    (lambda r: r["credentials"]["options"].update(prefix_template="media/*"), "credentials.options"),
+    (lambda r: r["authenticator"]["options"].update(tokens={"t": ["w"]}), "authenticator.options"),
+    (lambda r: r.pop("credentials"), "credentials"),
+    (lambda r: r["embedded_s3"].update(port=60000), "embedded_s3.port"),
+])
+def test_bad_values_are_refused_naming_the_key(raw, change, key):
+    bad = copy.deepcopy(raw)
+    change(bad)
+    with pytest.raises(ConfigError) as info:
+        build_service(parse_config(bad, environ={}))
+    assert info.value.key == key
+    assert str(info.value).startswith(key)
+
+
+def test_memory_backends_and_module_class_spec(raw):
+    raw["media_store"] = {"backend": "dji_media.backends.memory:InMemoryMediaStore"}
+    raw["object_store"] = {"backend": "memory"}
+    service = build_service(parse_config(raw, environ={}))
+    assert isinstance(service.media_store, InMemoryMediaStore)
+
+
+def test_unreadable_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(bad))
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(str(bad))
