@@ -10,14 +10,28 @@ from .backends.memory import InMemoryMediaStore, InMemoryObjectStore
 from .backends.peewee_store import PeeweeMediaStore
 from .backends.s3 import MinioObjectStore, StaticCredentialProvider, StsCredentialProvider
 from .errors import (
-    BadRequest, ConfigError, DatabaseUnavailable, DjiMediaError, Forbidden, PayloadTooLarge,
-    StorageUnavailable, Unauthenticated, Unavailable,
+    BadRequest,
+    ConfigError,
+    DatabaseUnavailable,
+    DjiMediaError,
+    Forbidden,
+    PayloadTooLarge,
+    StorageUnavailable,
+    Unauthenticated,
+    Unavailable,
 )
 from .interfaces import Authenticator, CredentialProvider, MediaStore, ObjectStore
 from .service import CallbackOutcome, MediaService
 from .values import (
-    FastUploadQuery, FileGroup, GroupReport, Identity, MediaFile, MediaRecord, StorageGrant,
-    UploadCredentials, UploadReport,
+    FastUploadQuery,
+    FileGroup,
+    GroupReport,
+    Identity,
+    MediaFile,
+    MediaRecord,
+    StorageGrant,
+    UploadCredentials,
+    UploadReport,
 )
 from .web import NotFoundHandler, get_handlers
 

@@ -51,6 +51,14 @@ class ServerSettings:
     prefix: str = ""
     max_body_bytes: int = 1024 * 1024
     demo_banner: bool = False
+    # HTTPS directly (some Pilot 2 versions refuse plain HTTP): PEM certificate chain and key.
+    tls_cert_file: Optional[str] = None
+    tls_key_file: Optional[str] = None
+    # Behind a reverse proxy: take the client address and scheme from X-Forwarded-For /
+    # X-Real-Ip / X-Forwarded-Proto. Only when every request comes through that proxy.
+    trust_forwarded_headers: bool = False
+    # Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    shutdown_grace_seconds: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +253,15 @@ def parse_config(raw: Any, environ: Optional[Mapping[str, str]] = None) -> Confi
         raise ConfigError("server.port", "must be between 0 and 65535")
     if server.max_body_bytes < 1024:
         raise ConfigError("server.max_body_bytes", "must be at least 1024")
+    if (server.tls_cert_file is None) != (server.tls_key_file is None):
+        raise ConfigError("server.tls_key_file" if server.tls_cert_file else "server.tls_cert_file",
+                          "tls_cert_file and tls_key_file go together")
+    for key in ("tls_cert_file", "tls_key_file"):
+        path = getattr(server, key)
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"server.{key}", f"cannot read {path}")
+    if server.shutdown_grace_seconds < 0:
+        raise ConfigError("server.shutdown_grace_seconds", "must be >= 0")
     service = ServiceSettings(**_section(raw, "service", _fields(ServiceSettings)))
     if service.expire_margin < 0:
         raise ConfigError("service.expire_margin", "must be >= 0")

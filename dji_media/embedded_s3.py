@@ -44,6 +44,8 @@ from minio import Minio
 from minio.error import S3Error
 from minio.helpers import check_bucket_name
 
+from .errors import DjiMediaError
+
 __all__ = ["EmbeddedS3", "EmbeddedS3Error"]
 
 # SeaweedFS serves gRPC for every component on the component's HTTP port + 10000.
@@ -87,7 +89,7 @@ _WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 _LOG_TAIL_LINES = 25
 
 
-class EmbeddedS3Error(RuntimeError):
+class EmbeddedS3Error(DjiMediaError):
     """The embedded S3 server could not be found, started or reached."""
 
 

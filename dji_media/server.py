@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from typing import Optional
 
 import tornado.httpserver
@@ -12,28 +13,35 @@ import tornado.web
 
 from .backends.auth import StaticTokenAuthenticator
 from .config import Config
+from .errors import ConfigError, DjiMediaError
 from .service import MediaService
-from .web import NotFoundHandler, get_handlers
+from .web import InFlight, NotFoundHandler, get_handlers
 from .wiring import build_service, start_embedded_s3
 
 log = logging.getLogger("dji_media.server")
 
 
-def make_application(service: MediaService, config: Config) -> tornado.web.Application:
+class StartupError(DjiMediaError):
+    """A part the server needs cannot be reached at start-up."""
+
+
+def make_application(service: MediaService, config: Config,
+                     in_flight: Optional[InFlight] = None) -> tornado.web.Application:
     """The media routes in an Application whose unknown paths answer with the envelope."""
     return tornado.web.Application(
         get_handlers(service, prefix=config.server.prefix,
-                     max_body_bytes=config.server.max_body_bytes),
+                     max_body_bytes=config.server.max_body_bytes, in_flight=in_flight),
         default_handler_class=NotFoundHandler,
     )
 
 
-def demo_banner(config: Config, service: MediaService, port: int) -> Optional[str]:
+def demo_banner(config: Config, service: MediaService, port: int, scheme: str = "http") -> Optional[str]:
     """A ready-to-paste request for the demo, when the config asks for it and uses static tokens."""
     if not config.server.demo_banner or not isinstance(service.authenticator, StaticTokenAuthenticator):
         return None
     token, workspace = service.authenticator.example()
-    base = f"http://{config.server.host}:{port}{('/' + config.server.prefix.strip('/')) if config.server.prefix.strip('/') else ''}"
+    prefix = config.server.prefix.strip("/")
+    base = f"{scheme}://{config.server.host}:{port}" + (f"/{prefix}" if prefix else "")
     return (
         f"dji_media is listening on {base}\n"
         f"demo token: {token}  workspace: {workspace}\n"
@@ -42,31 +50,72 @@ def demo_banner(config: Config, service: MediaService, port: int) -> Optional[st
     )
 
 
-async def serve(config: Config) -> None:
-    """Start everything the configuration names, serve until SIGTERM/SIGINT, then shut down."""
-    embedded = start_embedded_s3(config)
-    service = build_service(config)
-    server = tornado.httpserver.HTTPServer(
-        make_application(service, config),
-        max_body_size=config.server.max_body_bytes + 1,  # our handler answers 413 itself
-        xheaders=False,
-    )
-    sockets = tornado.netutil.bind_sockets(config.server.port, config.server.host)
-    server.add_sockets(sockets)
-    port = sockets[0].getsockname()[1]
-    banner = demo_banner(config, service, port)
-    print(banner or f"dji_media is listening on http://{config.server.host}:{port}", flush=True)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+def tls_context(config: Config) -> Optional[ssl.SSLContext]:
+    """The server's TLS context when the configuration names a certificate, else None."""
+    if not config.server.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
+        context.load_cert_chain(config.server.tls_cert_file, config.server.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("server.tls_cert_file", f"cannot load the certificate and key: {exc}") from None
+    return context
+
+
+async def startup_checks(service: MediaService) -> None:
+    """Reach the database, the bucket and STS once; raise naming the first that fails.
+
+    Creates the schema when it is absent (the first write does). A wrong endpoint, bad keys,
+    a missing bucket or an unwritable database stop the start with one clear line.
+    """
+    for name, probe in (("database", service.media_store.ping), ("storage", service.object_store.ping),
+                        ("credentials", service.credentials.ping)):
+        try:
+            await probe()
+        except DjiMediaError as exc:
+            raise StartupError(f"{name}: {exc.message}") from None
+
+
+async def serve(config: Config) -> None:
+    """Start everything the configuration names, serve until SIGTERM/SIGINT, then shut down:
+    stop accepting, let in-flight requests finish within the grace period, close the backends."""
+    embedded = start_embedded_s3(config)
+    service = None
+    try:
+        service = build_service(config)
+        await startup_checks(service)
+        in_flight = InFlight()
+        server = tornado.httpserver.HTTPServer(
+            make_application(service, config, in_flight),
+            # The media handlers stream bodies and answer 413 themselves; this caps the rest.
+            max_body_size=config.server.max_body_bytes,
+            xheaders=config.server.trust_forwarded_headers,
+            ssl_options=tls_context(config),
+        )
+        try:
+            sockets = tornado.netutil.bind_sockets(config.server.port, config.server.host)
+        except OSError as exc:
+            raise StartupError(f"server: cannot listen on {config.server.host}:{config.server.port}: "
+                               f"{exc.strerror}") from None
+        server.add_sockets(sockets)
+        port = sockets[0].getsockname()[1]
+        scheme = "https" if config.server.tls_cert_file else "http"
+        banner = demo_banner(config, service, port, scheme)
+        print(banner or f"dji_media is listening on {scheme}://{config.server.host}:{port}", flush=True)
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        log.info("shutting down")
-        server.stop()
+        log.info("shutting down: %d request(s) in flight", in_flight.count)
+        server.stop()  # no new connections
+        if not await in_flight.wait_idle(config.server.shutdown_grace_seconds):
+            log.warning("%d request(s) still running after %.0f s; closing them",
+                        in_flight.count, config.server.shutdown_grace_seconds)
         await server.close_all_connections()
     finally:
-        await service.close()
+        if service is not None:
+            await service.close()
         if embedded is not None:
             embedded.stop()

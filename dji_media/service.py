@@ -16,7 +16,13 @@ from .errors import BadRequest, StorageUnavailable
 from .interfaces import Authenticator, CredentialProvider, MediaStore, ObjectStore
 from .protocol import MAX_OBJECT_KEY, check_workspace_id
 from .values import (
-    FastUploadQuery, FileGroup, GroupReport, Identity, MediaRecord, StorageGrant, UploadReport,
+    FastUploadQuery,
+    FileGroup,
+    GroupReport,
+    Identity,
+    MediaRecord,
+    StorageGrant,
+    UploadReport,
     utc_now,
 )
 

@@ -3,7 +3,8 @@
     python examples/server.py --config conf/example.yaml
 
 A real host application would add its own routes (login page, device binding, ...) next to the
-media routes; ``dji-media serve`` does the same as this file, with graceful shutdown.
+media routes. ``dji-media serve`` does the same as this file, plus start-up checks and a
+graceful shutdown.
 """
 import argparse
 import asyncio
@@ -13,6 +14,7 @@ import tornado.web
 
 from dji_media import NotFoundHandler, get_handlers
 from dji_media.config import load_config
+from dji_media.server import tls_context
 from dji_media.wiring import build_service, start_embedded_s3
 
 
@@ -29,8 +31,10 @@ async def main() -> None:
                      max_body_bytes=config.server.max_body_bytes),
         default_handler_class=NotFoundHandler,
     )
-    app.listen(config.server.port, config.server.host)
-    print(f"dji_media example server on http://{config.server.host}:{config.server.port}", flush=True)
+    app.listen(config.server.port, config.server.host, ssl_options=tls_context(config),
+               max_body_size=config.server.max_body_bytes)
+    scheme = "https" if config.server.tls_cert_file else "http"
+    print(f"dji_media example server on {scheme}://{config.server.host}:{config.server.port}", flush=True)
     if config.server.demo_banner and hasattr(service.authenticator, "example"):
         token, workspace = service.authenticator.example()
         print(f"demo token: {token}  workspace: {workspace}", flush=True)

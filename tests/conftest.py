@@ -6,18 +6,23 @@ import io
 import json
 
 import pytest
+import tornado.web
 from minio import Minio
 
-import tornado.web
-
 from dji_media import (
-    InMemoryMediaStore, InMemoryObjectStore, MediaService, MinioObjectStore, NotFoundHandler,
-    PeeweeMediaStore, StaticCredentialProvider, StaticTokenAuthenticator, StsCredentialProvider,
+    InMemoryMediaStore,
+    InMemoryObjectStore,
+    MediaService,
+    MinioObjectStore,
+    NotFoundHandler,
+    PeeweeMediaStore,
+    StaticCredentialProvider,
+    StaticTokenAuthenticator,
+    StsCredentialProvider,
     get_handlers,
 )
 from dji_media.embedded_s3 import EmbeddedS3
 from support import ADMIN_KEY, ADMIN_SECRET, BUCKET, OTHER_BUCKET, TOKEN_A, TOKEN_B, s3_options
-
 
 
 @pytest.fixture(scope="session")

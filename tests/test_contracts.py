@@ -5,13 +5,21 @@ import jwt
 import pytest
 
 from dji_media import (
-    InMemoryMediaStore, InMemoryObjectStore, JwtAuthenticator, MinioObjectStore,
-    PeeweeMediaStore, StaticCredentialProvider, StaticTokenAuthenticator, StsCredentialProvider,
+    InMemoryMediaStore,
+    InMemoryObjectStore,
+    JwtAuthenticator,
+    MinioObjectStore,
+    PeeweeMediaStore,
+    StaticCredentialProvider,
+    StaticTokenAuthenticator,
+    StsCredentialProvider,
 )
 from dji_media.testing.contracts import (
-    AuthenticatorContract, CredentialProviderContract, MediaStoreContract, ObjectStoreContract,
+    AuthenticatorContract,
+    CredentialProviderContract,
+    MediaStoreContract,
+    ObjectStoreContract,
 )
-
 from support import s3_options
 
 

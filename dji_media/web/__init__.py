@@ -1,31 +1,38 @@
 """Tornado transport: handlers for the five Pilot 2 endpoints and one function to mount them."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..service import MediaService
 from .handlers import (
-    FastUploadHandler, GroupUploadCallbackHandler, NotFoundHandler, StsHandler,
-    TinyFingerprintsHandler, UploadCallbackHandler,
+    FastUploadHandler,
+    GroupUploadCallbackHandler,
+    NotFoundHandler,
+    StsHandler,
+    TinyFingerprintsHandler,
+    UploadCallbackHandler,
 )
+from .lifecycle import InFlight
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 _WS = r"(?P<workspace_id>[^/]+)"
 
 
 def get_handlers(
-    service: MediaService, *, prefix: str = "", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    service: MediaService, *, prefix: str = "", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    in_flight: Optional[InFlight] = None,
 ) -> List[Tuple[str, type, Dict[str, Any]]]:
     """The routes of the media protocol, ready for ``tornado.web.Application(handlers)``.
 
     :param prefix: a path the host mounts them under, e.g. ``/dji`` (no trailing slash needed).
     :param max_body_bytes: bodies larger than this are refused with 413 before parsing. Set
         the HTTP server's own ``max_body_size`` at least this high.
+    :param in_flight: counts requests being handled, for a graceful shutdown.
     """
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be >= 1")
     base = "/" + prefix.strip("/") if prefix.strip("/") else ""
-    kwargs = {"service": service, "max_body_bytes": max_body_bytes}
+    kwargs = {"service": service, "max_body_bytes": max_body_bytes, "in_flight": in_flight}
     media = f"{base}/media/api/v1/workspaces/{_WS}"
     return [
         (f"{media}/fast-upload", FastUploadHandler, kwargs),
@@ -36,4 +43,4 @@ def get_handlers(
     ]
 
 
-__all__ = ["get_handlers", "NotFoundHandler", "DEFAULT_MAX_BODY_BYTES"]
+__all__ = ["get_handlers", "NotFoundHandler", "InFlight", "DEFAULT_MAX_BODY_BYTES"]

@@ -10,9 +10,15 @@ import tornado.web
 
 from .. import protocol
 from ..errors import (
-    BadRequest, DjiMediaError, Forbidden, PayloadTooLarge, Unauthenticated, Unavailable,
+    BadRequest,
+    DjiMediaError,
+    Forbidden,
+    PayloadTooLarge,
+    Unauthenticated,
+    Unavailable,
 )
 from ..service import MediaService
+from .lifecycle import InFlight
 
 log = logging.getLogger("dji_media.web")
 
@@ -56,29 +62,82 @@ class NotFoundHandler(EnvelopeMixin, tornado.web.RequestHandler):
         raise tornado.web.HTTPError(404)
 
 
+@tornado.web.stream_request_body
 class _MediaHandler(EnvelopeMixin, tornado.web.RequestHandler):
+    """Base of the five endpoints.
+
+    The body is streamed so that the token is checked and the size limit applied before any of
+    it is read or parsed: an oversized or unauthenticated request costs the server nothing.
+    """
+
     SUPPORTED_METHODS = ("POST",)
 
-    def initialize(self, service: MediaService, max_body_bytes: int) -> None:
+    def initialize(self, service: MediaService, max_body_bytes: int,
+                   in_flight: Optional[InFlight] = None) -> None:
         self.service = service
         self.max_body_bytes = max_body_bytes
+        self._body = bytearray()
+        self._overflow = False
+        self._in_flight = in_flight
+        if in_flight is not None:
+            in_flight.enter()
+
+    def on_finish(self) -> None:
+        self._leave()
+
+    def on_connection_close(self) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
+        if self._in_flight is not None:
+            self._in_flight.leave()
+            self._in_flight = None  # count each request once
 
     async def handle(self, workspace_id: str, body: bytes) -> Dict[str, Any]:
         raise NotImplementedError
 
-    async def post(self, workspace_id: str) -> None:
+    async def prepare(self) -> None:
         try:
-            if len(self.request.body) > self.max_body_bytes:
-                raise PayloadTooLarge(f"request body is larger than {self.max_body_bytes} bytes",
-                                      field="body")
+            length = self.request.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > self.max_body_bytes:
+                raise self._too_large()
+            workspace_id = self.path_kwargs.get("workspace_id", "")
             token: Optional[str] = self.request.headers.get("X-Auth-Token")
             await self.service.authenticate(token, workspace_id)
-            answer = await self.handle(workspace_id, self.request.body)
         except DjiMediaError as exc:
-            status = status_for(exc)
-            log.log(logging.WARNING if status >= 500 else logging.INFO, "%s %s -> %s: %s",
-                    self.request.method, self.request.path, status, exc.message)
-            self.reply(status, protocol.envelope(status, exc.message))
+            # The rest of the body is never read, so the connection cannot be reused.
+            self.set_header("Connection", "close")
+            self._fail(exc)
+            return
+        # A chunked body announces no length: read it up to a hard cap, keeping only what fits
+        # the limit, then answer 413 once it has ended.
+        self.request.connection.set_max_body_size(max(self.max_body_bytes * 4, 8 * 1024 * 1024))
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._overflow:
+            return
+        if len(self._body) + len(chunk) > self.max_body_bytes:
+            self._overflow = True
+            self._body = bytearray()
+            return
+        self._body += chunk
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body is larger than {self.max_body_bytes} bytes", field="body")
+
+    def _fail(self, exc: DjiMediaError) -> None:
+        status = status_for(exc)
+        log.log(logging.WARNING if status >= 500 else logging.INFO, "%s %s -> %s: %s",
+                self.request.method, self.request.path, status, exc.message)
+        self.reply(status, protocol.envelope(status, exc.message))
+
+    async def post(self, workspace_id: str) -> None:
+        try:
+            if self._overflow:
+                raise self._too_large()
+            answer = await self.handle(workspace_id, bytes(self._body))
+        except DjiMediaError as exc:
+            self._fail(exc)
             return
         self.reply(200, answer)
 
