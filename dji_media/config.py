@@ -8,6 +8,7 @@ keyword arguments, checked against their constructor (unknown keys and wrong typ
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import importlib
 import inspect
@@ -17,7 +18,11 @@ import typing
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .errors import ConfigError
-from .interfaces import Authenticator, CredentialProvider, MediaStore, ObjectStore
+from .interfaces import MIN_CREDENTIAL_SECONDS, Authenticator, CredentialProvider, MediaStore, ObjectStore
+
+# The advertised expire is the credentials' remaining life minus this margin; providers hand out
+# credentials with at least MIN_CREDENTIAL_SECONDS left, so devices always get 300 s or more.
+MAX_EXPIRE_MARGIN = MIN_CREDENTIAL_SECONDS - 300
 
 _B = "dji_media.backends."
 REGISTRY: Dict[str, Tuple[type, Dict[str, str]]] = {
@@ -121,7 +126,8 @@ def _expand(value: Any, key: str, environ: Mapping[str, str]) -> Any:
 
     def substitute(match: "re.Match[str]") -> str:
         name, default = match.group(1), match.group(2)
-        if name in environ:
+        # As in the shell: ${NAME:-default} also takes the default when NAME is set but empty.
+        if environ.get(name) or (name in environ and default is None):
             return environ[name]
         if default is not None:
             return default
@@ -149,11 +155,11 @@ def _type_ok(value: Any, annotation: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation is str:
         return isinstance(value, str)
-    if origin in (dict, Mapping, typing.Mapping) or annotation in (dict, Mapping):
+    if origin in (dict, collections.abc.Mapping) or annotation in (dict, Mapping):
         return isinstance(value, dict) and all(
             _type_ok(k, args[0]) and _type_ok(v, args[1]) for k, v in value.items()
         ) if args else isinstance(value, dict)
-    if origin in (list, tuple) or getattr(origin, "__name__", "") == "Sequence":
+    if origin in (list, tuple, collections.abc.Sequence):
         return isinstance(value, list) and (not args or all(_type_ok(v, args[0]) for v in value))
     return True  # a type YAML cannot express: leave it to the constructor
 
@@ -192,7 +198,7 @@ def load_class(spec: str, base: type, key: str) -> type:
     except AttributeError:
         raise ConfigError(key, f"{module_name!r} has no attribute {attr!r}") from None
     if not (isinstance(obj, type) and issubclass(obj, base)):
-        raise ConfigError(key, f"{spec!r} is not a {base.__name__}")
+        raise ConfigError(key, f"{spec!r} does not implement {base.__name__}")
     return obj
 
 
@@ -263,8 +269,8 @@ def parse_config(raw: Any, environ: Optional[Mapping[str, str]] = None) -> Confi
     if server.shutdown_grace_seconds < 0:
         raise ConfigError("server.shutdown_grace_seconds", "must be >= 0")
     service = ServiceSettings(**_section(raw, "service", _fields(ServiceSettings)))
-    if service.expire_margin < 0:
-        raise ConfigError("service.expire_margin", "must be >= 0")
+    if not 0 <= service.expire_margin <= MAX_EXPIRE_MARGIN:
+        raise ConfigError("service.expire_margin", f"must be between 0 and {MAX_EXPIRE_MARGIN}")
     if service.verify_concurrency < 1:
         raise ConfigError("service.verify_concurrency", "must be >= 1")
     level = _section(raw, "logging", {"level": str}).get("level", "info").lower()
@@ -278,9 +284,10 @@ def parse_config(raw: Any, environ: Optional[Mapping[str, str]] = None) -> Confi
         values = _section(raw, "embedded_s3", fields)
         values["buckets"] = tuple(values.get("buckets", EmbeddedS3Settings.buckets))
         embedded = EmbeddedS3Settings(**values)
-        if len(embedded.access_key) < 3 or len(embedded.secret_key) < 8:
-            raise ConfigError("embedded_s3.secret_key",
-                              "access_key (3+) and secret_key (8+ characters) are required")
+        if len(embedded.access_key) < 3:
+            raise ConfigError("embedded_s3.access_key", "is required: at least 3 characters")
+        if len(embedded.secret_key) < 8:
+            raise ConfigError("embedded_s3.secret_key", "is required: at least 8 characters")
         if not 1 <= embedded.port <= 55535:
             raise ConfigError("embedded_s3.port", "must be between 1 and 55535 (port+10000 is used too)")
 

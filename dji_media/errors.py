@@ -11,7 +11,7 @@
     └── ConfigError             the configuration is wrong; names the key
 
 Backends raise these and nothing else for the failures they expect; the web layer maps them to
-HTTP statuses in one table (``dji_media.web.errors``). Messages are shown to clients, so they
+HTTP statuses in one table (``ERROR_STATUS`` in ``dji_media.web.handlers``). Messages are shown to clients, so they
 never carry secrets, SQL, file system paths or tracebacks: the detail goes to the log.
 """
 from __future__ import annotations

@@ -82,6 +82,10 @@ class ObjectStore(_Closable, abc.ABC):
         """Prove the bucket can be reached; raise ``StorageUnavailable`` if not."""
 
 
+# Credentials handed out must have at least this long to live, so a device can finish an upload.
+MIN_CREDENTIAL_SECONDS = 900
+
+
 class CredentialProvider(_Closable, abc.ABC):
     """Temporary credentials that let a device upload into one workspace's prefix."""
 
@@ -91,7 +95,8 @@ class CredentialProvider(_Closable, abc.ABC):
 
     @abc.abstractmethod
     async def issue(self, workspace_id: str) -> StorageGrant:
-        """Return credentials valid for uploads under ``object_key_prefix(workspace_id)``.
+        """Return credentials valid for uploads under ``object_key_prefix(workspace_id)``,
+        with at least ``MIN_CREDENTIAL_SECONDS`` left (a cache must refresh before that).
 
         The credentials must not allow anything else (no read, list, delete, other prefix or
         bucket) where the storage supports scoping. Raises ``StorageUnavailable`` when they

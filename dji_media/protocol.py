@@ -17,14 +17,15 @@ from typing import Any, Dict, List, Mapping, Optional
 from .errors import BadRequest
 from .values import FastUploadQuery, GroupReport, MediaFile, StorageGrant, UploadReport
 
-# Bounds on what a client may send (doc/protocol-notes.md explains each).
+# Bounds on what a client may send (doc/protocol-decisions.md explains each).
 MAX_FINGERPRINT = 64
 MAX_TINY_FINGERPRINT = 128
 MAX_NAME = 255
 MAX_PATH = 1024
 MAX_OBJECT_KEY = 1024
 MAX_SHORT_ID = 128  # model keys, serial numbers, file group ids
-MAX_TINY_FINGERPRINTS = 20000
+# 15,000 typical tiny fingerprints fit in the default 1 MiB body limit.
+MAX_TINY_FINGERPRINTS = 15000
 MAX_WORKSPACE_ID = 64
 
 # Workspace ids end up in storage prefixes and IAM policy resources, so only characters that

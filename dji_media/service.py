@@ -13,7 +13,7 @@ import logging
 from typing import List, Optional, Sequence, Tuple
 
 from .errors import BadRequest, StorageUnavailable
-from .interfaces import Authenticator, CredentialProvider, MediaStore, ObjectStore
+from .interfaces import MIN_CREDENTIAL_SECONDS, Authenticator, CredentialProvider, MediaStore, ObjectStore
 from .protocol import MAX_OBJECT_KEY, check_workspace_id
 from .values import (
     FastUploadQuery,
@@ -61,8 +61,8 @@ class MediaService:
         verify_concurrency: int = 16,
         enforce_key_prefix: bool = True,
     ) -> None:
-        if expire_margin < 0:
-            raise ValueError("expire_margin must be >= 0")
+        if not 0 <= expire_margin <= MIN_CREDENTIAL_SECONDS - 300:
+            raise ValueError(f"expire_margin must be between 0 and {MIN_CREDENTIAL_SECONDS - 300}")
         if verify_concurrency < 1:
             raise ValueError("verify_concurrency must be >= 1")
         self.media_store = media_store

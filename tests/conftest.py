@@ -71,7 +71,7 @@ def authenticator():
 
 
 @pytest.fixture
-def real_service(s3, sqlite_url, sts_provider, authenticator):
+def real_service(s3, sqlite_url, sts_provider, authenticator, io_loop):
     """The production wiring: SQLite, SeaweedFS HEAD checks and STS."""
     service = MediaService(
         media_store=PeeweeMediaStore(url=sqlite_url),
@@ -80,6 +80,7 @@ def real_service(s3, sqlite_url, sts_provider, authenticator):
         authenticator=authenticator,
     )
     yield service
+    io_loop.run_sync(service.close)
 
 
 # ---- HTTP tests on in-memory backends (override `credentials` or `authenticator` per module)

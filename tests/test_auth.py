@@ -41,13 +41,18 @@ async def test_dji_demo_token_other_workspace_is_forbidden():
     dji_demo_token(iss="someone-else"),                             # wrong issuer
     dji_demo_token(secret="another-secret-another-secret-xx"),      # bad signature
     dji_demo_token(exp=None),                                       # no expiry
-    dji_demo_token(workspace_id=None),                              # no workspace claim
     jwt.encode({"workspace_id": "w", "exp": int(time.time()) + 60}, None, algorithm="none"),
     "not.a.jwt", "garbage", "x" * 9000,
 ])
 async def test_refused_tokens_are_unauthenticated(token):
     with pytest.raises(Unauthenticated):
         await JwtAuthenticator(secret=SECRET, issuer="DJI").authenticate(token, "e3dea0f5-37f2-4d79-ae58-490af3228069")
+
+
+@pytest.mark.gen_test
+async def test_signed_token_without_workspace_claim_is_forbidden_not_logged_out():
+    with pytest.raises(Forbidden):
+        await JwtAuthenticator(secret=SECRET).authenticate(dji_demo_token(workspace_id=None), "ws")
 
 
 def test_weak_configuration_is_refused():

@@ -40,6 +40,11 @@ def test_environment_variables_fill_values_and_keys(raw):
     assert config.authenticator.options["tokens"] == {"token-from-env": ["demo-workspace"]}
 
 
+def test_empty_variable_takes_the_default_as_in_the_shell(raw):
+    config = parse_config(raw, environ={"DJI_MEDIA_S3_SECRET_KEY": ""})
+    assert config.credentials.options["secret_key"] == "dji-media-dev-secret"
+
+
 def test_unset_variable_without_default_names_the_key(raw):
     raw["authenticator"] = {"backend": "jwt", "options": {"secret": "${JWT_SECRET}"}}
     with pytest.raises(ConfigError) as info:
@@ -66,6 +71,10 @@ def test_unset_variable_without_default_names_the_key(raw):
     (lambda r: r["credentials"]["options"].update(duration_seconds=60), "credentials.options"),
     (lambda r: r["credentials"]["options"].update(prefix_template="media/*"), "credentials.options"),
     (lambda r: r["authenticator"]["options"].update(tokens={"t": ["w"]}), "authenticator.options"),
+    (lambda r: r["authenticator"]["options"].update(tokens=["a-token-in-a-list"]), "authenticator.options.tokens"),
+    (lambda r: r["credentials"]["options"].update(refresh_before=60), "credentials.options"),
+    (lambda r: r["service"].update(expire_margin=700), "service.expire_margin"),
+    (lambda r: r["embedded_s3"].update(access_key="k"), "embedded_s3.access_key"),
     (lambda r: r.pop("credentials"), "credentials"),
     (lambda r: r["embedded_s3"].update(port=60000), "embedded_s3.port"),
 ])

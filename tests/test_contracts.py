@@ -25,10 +25,10 @@ from support import s3_options
 
 class TestMediaStores(MediaStoreContract):
     @pytest.fixture(params=["memory", "sqlite"])
-    def media_store(self, request, sqlite_url):
-        if request.param == "memory":
-            return InMemoryMediaStore()
-        return PeeweeMediaStore(url=sqlite_url)
+    def media_store(self, request, sqlite_url, io_loop):
+        store = InMemoryMediaStore() if request.param == "memory" else PeeweeMediaStore(url=sqlite_url)
+        yield store
+        io_loop.run_sync(store.close)
 
 
 class TestMinioObjectStore(ObjectStoreContract):

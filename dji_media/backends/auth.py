@@ -109,7 +109,8 @@ class JwtAuthenticator(Authenticator):
             raise Unauthenticated("invalid or expired X-Auth-Token") from None
         allowed = claims.get(self._claim)
         if not isinstance(allowed, str) or not allowed:
-            raise Unauthenticated(f"token has no {self._claim} claim")
+            # Signed and current, so not a reason to log the pilot out: it just opens nothing.
+            raise Forbidden(f"this token names no workspace ({self._claim} claim)")
         if not hmac.compare_digest(allowed.encode(), workspace_id.encode("utf-8", "replace")):
             raise Forbidden("this token may not access this workspace")
         subject = claims.get("username") or claims.get("sub") or claims.get("id") or "unknown"

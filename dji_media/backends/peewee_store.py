@@ -68,6 +68,9 @@ def open_database(url: str, *, busy_timeout_ms: int = 5000, synchronous: str = "
         return peewee.SqliteDatabase(
             path,
             timeout=busy_timeout_ms / 1000.0,
+            # Each pool thread uses its own connection; close() shuts them from the caller's
+            # thread once the pool has stopped, which sqlite3 allows only with this flag.
+            check_same_thread=False,
             pragmas={
                 "journal_mode": "wal",
                 "busy_timeout": busy_timeout_ms,
@@ -176,6 +179,8 @@ class PeeweeMediaStore(MediaStore):
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._runner = BlockingRunner(executor=executor, max_workers=max_workers, name="dji-db")
+        self._connections: set = set()  # opened by pool threads, closed by close()
+        self._connections_lock = threading.Lock()
 
     # ----------------------------------------------------------------- unit of work
 
@@ -194,7 +199,9 @@ class PeeweeMediaStore(MediaStore):
     def _work(self, fn, *args):
         """One unit of work on this thread's connection; any database failure closes it."""
         try:
-            self.db.connect(reuse_if_open=True)
+            if self.db.connect(reuse_if_open=True):
+                with self._connections_lock:
+                    self._connections.add(self.db.connection())
             self._ensure_schema()
             with self.db.atomic():
                 return fn(*args)
@@ -202,11 +209,20 @@ class PeeweeMediaStore(MediaStore):
             raise
         except (peewee.DatabaseError, peewee.InterfaceError, OSError) as exc:
             log.error("database error: %s: %s", type(exc).__name__, exc)
-            try:
-                self.db.close()
-            except Exception:  # the connection may already be unusable
-                pass
+            self._drop_connection()
             raise DatabaseUnavailable("the media database is unavailable") from exc
+
+    def _drop_connection(self) -> None:
+        """Close this thread's connection so the next unit of work opens a fresh one."""
+        if self.db.is_closed():
+            return
+        connection = self.db.connection()
+        with self._connections_lock:
+            self._connections.discard(connection)
+        try:
+            self.db.close()
+        except Exception:  # the connection may already be unusable
+            pass
 
     async def _run(self, fn, *args):
         return await self._runner.run(self._work, fn, *args)
@@ -335,6 +351,11 @@ class PeeweeMediaStore(MediaStore):
         await self._run(touch)
 
     async def close(self) -> None:
-        self._runner.close()
-        if not self.db.is_closed():
-            self.db.close()
+        self._runner.close()  # waits for running work; no thread uses a connection after this
+        with self._connections_lock:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            try:
+                connection.close()
+            except Exception as exc:  # a host-owned database may forbid closing from here
+                log.warning("could not close a database connection: %s", exc)

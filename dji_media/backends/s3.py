@@ -18,7 +18,7 @@ from minio.credentials import AssumeRoleProvider
 from minio.error import S3Error
 
 from ..errors import StorageUnavailable
-from ..interfaces import CredentialProvider, ObjectStore
+from ..interfaces import MIN_CREDENTIAL_SECONDS, CredentialProvider, ObjectStore
 from ..values import StorageGrant, UploadCredentials, utc_now
 from ._blocking import BlockingRunner
 
@@ -161,8 +161,8 @@ class StsCredentialProvider(CredentialProvider):
     :param public_endpoint: what devices are told (they often sit on another network).
     :param prefix_template: the workspace's key prefix, e.g. ``media/{workspace_id}``.
     :param duration_seconds: requested lifetime (minio-py asks for at least 3600).
-    :param refresh_before: credentials are reused while they have more than this many seconds
-        left; younger ones are never handed out twice past it.
+    :param refresh_before: cached credentials are reused while they have more than this many
+        seconds left, then replaced (at least MIN_CREDENTIAL_SECONDS).
     """
 
     def __init__(
@@ -193,10 +193,11 @@ class StsCredentialProvider(CredentialProvider):
             raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}")
         if not bucket:
             raise ValueError("bucket must not be empty")
-        if not 900 <= duration_seconds <= 43200:
-            raise ValueError("duration_seconds must be between 900 and 43200")
-        if not 0 <= refresh_before < duration_seconds:
-            raise ValueError("refresh_before must be >= 0 and below duration_seconds")
+        # minio-py asks STS for at least 3600 s whatever is set, so lower values would mislead.
+        if not 3600 <= duration_seconds <= 43200:
+            raise ValueError("duration_seconds must be between 3600 and 43200")
+        if not MIN_CREDENTIAL_SECONDS <= refresh_before < duration_seconds:
+            raise ValueError(f"refresh_before must be >= {MIN_CREDENTIAL_SECONDS} and below duration_seconds")
         _check_prefix_template(prefix_template)
         self.bucket = bucket
         self.public_endpoint = (public_endpoint or endpoint).rstrip("/")
@@ -274,8 +275,8 @@ class StaticCredentialProvider(CredentialProvider):
         split_endpoint(endpoint)
         if provider not in PROVIDERS:
             raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}")
-        if expire_seconds < 60:
-            raise ValueError("expire_seconds must be >= 60")
+        if expire_seconds < MIN_CREDENTIAL_SECONDS:
+            raise ValueError(f"expire_seconds must be >= {MIN_CREDENTIAL_SECONDS}")
         _check_prefix_template(prefix_template)
         self._grant_fields = dict(bucket=bucket, endpoint=endpoint.rstrip("/"), region=region,
                                   provider=provider)

@@ -1,0 +1,81 @@
+"""Hostile input over HTTP: oversized, chunked, overlong, internal failures that must not leak."""
+from __future__ import annotations
+
+import json
+
+import jwt
+import pytest
+
+from dji_media import InMemoryMediaStore, JwtAuthenticator
+from dji_media.protocol import MAX_NAME, MAX_OBJECT_KEY, MAX_TINY_FINGERPRINTS
+
+MEDIA = "/media/api/v1/workspaces/ws-a"
+
+
+@pytest.mark.gen_test
+async def test_chunked_body_over_limit_is_413(http_client, base_url):
+    from support import TOKEN_A
+
+    async def produce(write):
+        for _ in range(40):  # 40 x 64 KiB = 2.5 MiB, no Content-Length: sent chunked
+            await write(b" " * 65536)
+
+    response = await http_client.fetch(base_url + f"{MEDIA}/fast-upload", method="POST", body_producer=produce,
+                                       headers={"X-Auth-Token": TOKEN_A}, raise_error=False)
+    assert response.code == 413
+    assert json.loads(response.body) == {"code": 413, "message": "request body is larger than 1048576 bytes",
+                                         "data": {}}
+
+
+@pytest.mark.gen_test
+async def test_declared_oversize_is_refused_before_the_token_is_checked(call):
+    status, env = await call(f"{MEDIA}/upload-callback", raw=b"x" * (1024 * 1024 + 1), token=None)
+    assert (status, env["code"]) == (413, 413)
+
+
+@pytest.mark.gen_test
+async def test_overlong_strings_name_the_field(call):
+    cases = [
+        ({"fingerprint": "F" * 65}, "fast-upload", "fingerprint"),
+        ({"fingerprint": "F", "name": "n" * (MAX_NAME + 1)}, "fast-upload", "name"),
+        ({"fingerprint": "F", "ext": {"tinny_fingerprint": "t" * 129}}, "fast-upload", "ext.tinny_fingerprint"),
+        ({"fingerprint": "F", "object_key": "media/ws-a/" + "k" * MAX_OBJECT_KEY}, "upload-callback", "object_key"),
+        ({"tiny_fingerprints": ["t"] * (MAX_TINY_FINGERPRINTS + 1)}, "files/tiny-fingerprints", "tiny_fingerprints"),
+    ]
+    for body, path, field in cases:
+        status, env = await call(f"{MEDIA}/{path}", body)
+        assert (status, env["code"]) == (400, 400) and env["message"].startswith(field), (path, env)
+
+
+@pytest.mark.gen_test
+async def test_ten_thousand_tiny_fingerprints_are_allowed(call):
+    body = {"tiny_fingerprints": [f"{i:032x}_2022_8_31_15_16_16" for i in range(10000)]}
+    status, env = await call(f"{MEDIA}/files/tiny-fingerprints", body)
+    assert (status, env["data"]) == (200, {"tiny_fingerprints": []})
+
+
+class ExplodingStore(InMemoryMediaStore):
+    async def get(self, workspace_id, fingerprint):
+        raise RuntimeError("SELECT secret FROM /var/lib/internal.db: boom")
+
+
+@pytest.fixture
+def store():
+    return ExplodingStore()
+
+
+@pytest.mark.gen_test
+async def test_unexpected_failure_is_500_envelope_without_details(call):
+    status, env = await call(f"{MEDIA}/fast-upload", {"fingerprint": "F"})
+    assert (status, env) == (500, {"code": 500, "message": "internal server error", "data": {}})
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("algorithm", ["HS384", "HS512"])
+async def test_jwt_with_another_algorithm_is_refused(algorithm):
+    from dji_media import Unauthenticated
+
+    secret = "s" * 64  # long enough for every HMAC size, so PyJWT does not warn
+    token = jwt.encode({"workspace_id": "ws", "exp": 4102444800}, secret, algorithm=algorithm)
+    with pytest.raises(Unauthenticated):
+        await JwtAuthenticator(secret=secret).authenticate(token, "ws")
