@@ -33,7 +33,7 @@ from .values import (
     UploadCredentials,
     UploadReport,
 )
-from .web import NotFoundHandler, get_handlers
+from .web import NotFoundHandler, get_handlers, get_health_handlers
 
 __version__ = "0.1.0"
 
@@ -44,7 +44,7 @@ __all__ = [
     "FastUploadQuery", "FileGroup", "GroupReport", "Identity", "MediaFile", "MediaRecord",
     "StorageGrant", "UploadCredentials", "UploadReport", "CallbackOutcome",
     # the service and its HTTP routes
-    "MediaService", "get_handlers", "NotFoundHandler",
+    "MediaService", "get_handlers", "get_health_handlers", "NotFoundHandler",
     # backends
     "InMemoryMediaStore", "InMemoryObjectStore", "PeeweeMediaStore", "MinioObjectStore",
     "StsCredentialProvider", "StaticCredentialProvider", "StaticTokenAuthenticator",

@@ -15,7 +15,7 @@ from .backends.auth import StaticTokenAuthenticator
 from .config import Config
 from .errors import ConfigError, DjiMediaError
 from .service import MediaService
-from .web import InFlight, NotFoundHandler, get_handlers
+from .web import InFlight, NotFoundHandler, get_handlers, get_health_handlers
 from .wiring import build_service, start_embedded_s3
 
 log = logging.getLogger("dji_media.server")
@@ -30,7 +30,8 @@ def make_application(service: MediaService, config: Config,
     """The media routes in an Application whose unknown paths answer with the envelope."""
     return tornado.web.Application(
         get_handlers(service, prefix=config.server.prefix,
-                     max_body_bytes=config.server.max_body_bytes, in_flight=in_flight),
+                     max_body_bytes=config.server.max_body_bytes, in_flight=in_flight)
+        + get_health_handlers(service),  # at the root, where probes look for them
         default_handler_class=NotFoundHandler,
     )
 

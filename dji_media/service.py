@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from .errors import BadRequest, StorageUnavailable
+from .errors import BadRequest, StorageUnavailable, Unavailable
 from .interfaces import MIN_CREDENTIAL_SECONDS, Authenticator, CredentialProvider, MediaStore, ObjectStore
 from .protocol import MAX_OBJECT_KEY, check_workspace_id
 from .values import (
@@ -135,6 +135,17 @@ class MediaService:
         if report.file_uploaded_count > report.file_count:
             raise BadRequest("file_uploaded_count must not exceed file_count", field="file_uploaded_count")
         return await self.media_store.save_group(workspace_id, report)
+
+    async def readiness(self) -> Dict[str, Optional[str]]:
+        """Each dependency by name: None when it answers, else why not (safe to show)."""
+        report: Dict[str, Optional[str]] = {}
+        for name, probe in (("database", self.media_store.ping), ("storage", self.object_store.ping)):
+            try:
+                await probe()
+                report[name] = None
+            except Unavailable as exc:
+                report[name] = exc.message
+        return report
 
     async def close(self) -> None:
         for backend in (self.authenticator, self.credentials, self.object_store, self.media_store):

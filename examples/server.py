@@ -12,7 +12,7 @@ import logging
 
 import tornado.web
 
-from dji_media import NotFoundHandler, get_handlers
+from dji_media import NotFoundHandler, get_handlers, get_health_handlers
 from dji_media.config import load_config
 from dji_media.server import tls_context
 from dji_media.wiring import build_service, start_embedded_s3
@@ -28,7 +28,8 @@ async def main() -> None:
     service = build_service(config)
     app = tornado.web.Application(
         get_handlers(service, prefix=config.server.prefix,
-                     max_body_bytes=config.server.max_body_bytes),
+                     max_body_bytes=config.server.max_body_bytes)
+        + get_health_handlers(service),
         default_handler_class=NotFoundHandler,
     )
     app.listen(config.server.port, config.server.host, ssl_options=tls_context(config),

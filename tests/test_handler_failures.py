@@ -44,3 +44,28 @@ async def test_workspace_ids_that_could_widen_a_policy_are_400(call):
         assert (status, env["code"]) == (400, 400) and "workspace_id" in env["message"], ws
     status, env = await call("/media/api/v1/workspaces/ws_ok-1/fast-upload", {"fingerprint": "F"})
     assert (status, env["code"]) == (200, -1)
+
+
+@pytest.fixture
+def app(service):
+    # The media routes plus the health routes, as `dji-media serve` mounts them.
+    import tornado.web
+
+    from dji_media import NotFoundHandler, get_handlers, get_health_handlers
+
+    return tornado.web.Application(get_handlers(service) + get_health_handlers(service),
+                                   default_handler_class=NotFoundHandler)
+
+
+@pytest.mark.gen_test
+async def test_health_and_readiness(call, objects):
+    status, env = await call("/healthz", method="GET", token=None)
+    assert (status, env) == (200, {"code": 0, "message": "alive", "data": {}})
+    status, env = await call("/readyz", method="GET", token=None)
+    assert (status, env) == (200, {"code": 0, "message": "ready", "data": {"database": "ok", "storage": "ok"}})
+    objects.unavailable = True
+    status, env = await call("/readyz", method="GET", token=None)
+    assert (status, env["code"], env["message"]) == (503, 503, "not ready: storage")
+    assert env["data"]["database"] == "ok" and "unreachable" in env["data"]["storage"]
+    status, env = await call("/healthz", method="GET", token=None)  # liveness ignores dependencies
+    assert status == 200

@@ -12,6 +12,7 @@ from .handlers import (
     TinyFingerprintsHandler,
     UploadCallbackHandler,
 )
+from .health import get_health_handlers
 from .lifecycle import InFlight
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -43,4 +44,4 @@ def get_handlers(
     ]
 
 
-__all__ = ["get_handlers", "NotFoundHandler", "InFlight", "DEFAULT_MAX_BODY_BYTES"]
+__all__ = ["get_handlers", "get_health_handlers", "NotFoundHandler", "InFlight", "DEFAULT_MAX_BODY_BYTES"]

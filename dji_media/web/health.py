@@ -1,0 +1,50 @@
+"""Health endpoints for load balancers and orchestrators: no token, no body, the envelope."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Tuple
+
+import tornado.web
+
+from .. import protocol
+from ..service import MediaService
+from .handlers import EnvelopeMixin
+
+
+class LivenessHandler(EnvelopeMixin, tornado.web.RequestHandler):
+    """``GET /healthz``: the process answers. Touches no dependency, so a database outage never
+    makes an orchestrator restart healthy processes."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD")
+
+    def get(self) -> None:
+        self.reply(200, protocol.envelope(0, "alive"))
+
+    head = get
+
+
+class ReadinessHandler(EnvelopeMixin, tornado.web.RequestHandler):
+    """``GET /readyz``: 200 when the database is writable and the bucket reachable, else 503;
+    ``data`` reports each by name ("ok" or why not)."""
+
+    SUPPORTED_METHODS = ("GET",)
+
+    def initialize(self, service: MediaService) -> None:
+        self.service = service
+
+    async def get(self) -> None:
+        report = await self.service.readiness()
+        data = {name: problem or "ok" for name, problem in report.items()}
+        failing = sorted(name for name, problem in report.items() if problem)
+        if failing:
+            self.reply(503, protocol.envelope(503, "not ready: " + ", ".join(failing), data))
+        else:
+            self.reply(200, protocol.envelope(0, "ready", data))
+
+
+def get_health_handlers(service: MediaService, *, prefix: str = "") -> List[Tuple[str, type, Dict[str, Any]]]:
+    """``/healthz`` and ``/readyz`` under ``prefix``, for ``tornado.web.Application``."""
+    base = "/" + prefix.strip("/") if prefix.strip("/") else ""
+    return [
+        (f"{base}/healthz", LivenessHandler, {}),
+        (f"{base}/readyz", ReadinessHandler, {"service": service}),
+    ]
