@@ -71,6 +71,7 @@ class ServiceSettings:
     expire_margin: int = 300
     verify_concurrency: int = 16
     enforce_key_prefix: bool = True
+    verify_window_seconds: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,6 +274,8 @@ def parse_config(raw: Any, environ: Optional[Mapping[str, str]] = None) -> Confi
         raise ConfigError("service.expire_margin", f"must be between 0 and {MAX_EXPIRE_MARGIN}")
     if service.verify_concurrency < 1:
         raise ConfigError("service.verify_concurrency", "must be >= 1")
+    if service.verify_window_seconds < 0:
+        raise ConfigError("service.verify_window_seconds", "must be >= 0 (0 disables the window)")
     level = _section(raw, "logging", {"level": str}).get("level", "info").lower()
     if level not in _LEVELS:
         raise ConfigError("logging.level", f"must be one of {', '.join(_LEVELS)}")

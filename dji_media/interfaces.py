@@ -8,6 +8,7 @@ event loop: implementations run it in an executor or use a native async client.
 from __future__ import annotations
 
 import abc
+import datetime as _dt
 from typing import List, Optional, Sequence
 
 from .values import FileGroup, GroupReport, Identity, MediaFile, MediaRecord, StorageGrant
@@ -44,7 +45,8 @@ class MediaStore(_Closable, abc.ABC):
         """Insert or replace the record of (workspace, file.fingerprint) and return it.
 
         Idempotent and safe under concurrency: any number of calls for the same key leave
-        exactly one record, holding the last call's file, with a higher revision.
+        exactly one record, holding the last call's file, with a higher revision and
+        ``verified_at`` cleared.
         """
 
     @abc.abstractmethod
@@ -52,6 +54,13 @@ class MediaStore(_Closable, abc.ABC):
         """Delete the record if it is still at ``record.revision``; return whether it was.
 
         A newer write of the same file (a re-upload that raced with a stale check) survives.
+        """
+
+    async def mark_verified(self, records: Sequence[MediaRecord], when: _dt.datetime) -> None:
+        """Remember that storage confirmed these records' objects at ``when``.
+
+        Only rows still at the given revision are marked. The default does nothing, which
+        only means every check asks storage again.
         """
 
     @abc.abstractmethod

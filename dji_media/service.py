@@ -48,6 +48,9 @@ class MediaService:
         at once.
     :param enforce_key_prefix: refuse upload-callbacks whose object key is outside the
         workspace's prefix (see doc/configuration.md for when to turn it off).
+    :param verify_window: seconds during which a storage confirmation is trusted without asking
+        again (0: ask every time). Trade-off: an object deleted behind our back inside the
+        window is still reported present, so the device does not upload it again.
     """
 
     def __init__(
@@ -60,11 +63,14 @@ class MediaService:
         expire_margin: int = 300,
         verify_concurrency: int = 16,
         enforce_key_prefix: bool = True,
+        verify_window: float = 0.0,
     ) -> None:
         if not 0 <= expire_margin <= MIN_CREDENTIAL_SECONDS - 300:
             raise ValueError(f"expire_margin must be between 0 and {MIN_CREDENTIAL_SECONDS - 300}")
         if verify_concurrency < 1:
             raise ValueError("verify_concurrency must be >= 1")
+        if verify_window < 0:
+            raise ValueError("verify_window must be >= 0")
         self.media_store = media_store
         self.object_store = object_store
         self.credentials = credentials
@@ -72,6 +78,7 @@ class MediaService:
         self.expire_margin = expire_margin
         self.verify_concurrency = verify_concurrency
         self.enforce_key_prefix = enforce_key_prefix
+        self.verify_window = verify_window
 
     # -------------------------------------------------------------------------- access
 
@@ -88,7 +95,10 @@ class MediaService:
         record = await self.media_store.get(workspace_id, query.fingerprint)
         if record is None:
             return False
-        return await self._verify(record)
+        present, fresh = await self._verify(record)
+        if fresh:
+            await self._remember([record])
+        return present
 
     async def existing_tiny_fingerprints(
         self, workspace_id: str, tiny_fingerprints: Sequence[str]
@@ -100,12 +110,13 @@ class MediaService:
         records = await self.media_store.find_by_tiny_fingerprints(workspace_id, wanted)
         limit = asyncio.Semaphore(self.verify_concurrency)
 
-        async def check(record: MediaRecord) -> Tuple[MediaRecord, bool]:
+        async def check(record: MediaRecord) -> Tuple[MediaRecord, bool, bool]:
             async with limit:
-                return record, await self._verify(record)
+                return (record, *await self._verify(record))
 
         verdicts = await asyncio.gather(*(check(r) for r in records))
-        present = {r.file.tiny_fingerprint for r, ok in verdicts if ok}
+        await self._remember([r for r, _, fresh in verdicts if fresh])
+        present = {r.file.tiny_fingerprint for r, ok, _ in verdicts if ok}
         return [t for t in wanted if t in present]
 
     async def issue_credentials(self, workspace_id: str) -> Tuple[StorageGrant, int]:
@@ -153,24 +164,39 @@ class MediaService:
 
     # ------------------------------------------------------------------------- helpers
 
-    async def _verify(self, record: MediaRecord) -> bool:
-        """Ask storage whether the record's object is there (protocol.md section 4).
+    async def _verify(self, record: MediaRecord) -> Tuple[bool, bool]:
+        """Whether the record's object is in storage (protocol.md section 4), and whether that
+        was freshly confirmed by storage (and so is worth remembering).
 
-        Gone (404): the row is stale, so it is removed and the device uploads again. Storage
-        unreachable: answer "unknown" so the device uploads again, and touch nothing.
+        Confirmed within the verification window: present, without asking. Gone (404): the row
+        is stale, so it is removed and the device uploads again. Storage unreachable: answer
+        "unknown" so the device uploads again, and touch nothing.
         """
+        if self.verify_window and record.verified_at is not None:
+            age = (utc_now() - record.verified_at).total_seconds()
+            if 0 <= age < self.verify_window:
+                return True, False
         try:
             present = await self.object_store.exists(record.file.object_key)
         except StorageUnavailable as exc:
             log.warning("storage could not confirm %s (%s); answering unknown, record kept",
                         record.file.object_key, exc.message)
-            return False
+            return False, False
         if not present:
             removed = await self.media_store.forget(record)
             log.info("object %s is gone from storage; stale record of %s/%s %s",
                      record.file.object_key, record.workspace_id, record.file.fingerprint,
                      "removed" if removed else "was rewritten meanwhile and kept")
-        return present
+        return present, present
+
+    async def _remember(self, confirmed: List[MediaRecord]) -> None:
+        """Store the confirmations when a window is in use; a failure only costs a re-check."""
+        if not self.verify_window or not confirmed:
+            return
+        try:
+            await self.media_store.mark_verified(confirmed, utc_now())
+        except Unavailable as exc:
+            log.warning("could not record %d storage confirmation(s): %s", len(confirmed), exc.message)
 
     def _check_object_key(self, workspace_id: str, key: str) -> None:
         # Object keys are stored as data and never used as file system paths, but a key outside

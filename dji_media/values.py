@@ -73,13 +73,15 @@ class UploadReport:
 @dataclasses.dataclass(frozen=True)
 class MediaRecord:
     """A stored media file. ``revision`` grows with every write of the row, so a caller can
-    remove a row it judged stale without removing a newer write of the same file."""
+    remove a row it judged stale without removing a newer write of the same file.
+    ``verified_at`` is when storage last confirmed the object (None: not since the last write)."""
 
     workspace_id: str
     file: MediaFile
     revision: int
     created_at: _dt.datetime
     updated_at: _dt.datetime
+    verified_at: Optional[_dt.datetime] = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,6 +40,7 @@ def build_service(config: Config) -> MediaService:
         authenticator=authenticator, expire_margin=config.service.expire_margin,
         verify_concurrency=config.service.verify_concurrency,
         enforce_key_prefix=config.service.enforce_key_prefix,
+        verify_window=config.service.verify_window_seconds,
     )
 
 

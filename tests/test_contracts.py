@@ -102,3 +102,22 @@ class TestAuthenticators(AuthenticatorContract):
             return "not-a-known-token"
         return jwt.encode({"workspace_id": "ws-1", "exp": 4102444800}, "another-secret-of-32-characters!",
                           algorithm="HS256")
+
+
+@pytest.mark.gen_test
+async def test_sts_cache_single_flight_and_refresh_failure_keeps_valid_credentials(s3):
+    """Concurrent requests share one STS call; a failed refresh keeps credentials still valid."""
+    import asyncio
+    import datetime as _dt
+
+    provider = StsCredentialProvider(**s3_options(s3), refresh_before=1800)
+    grants = await asyncio.gather(*(provider.issue("ws-cache") for _ in range(10)))
+    assert len({g.credentials.access_key_id for g in grants}) == 1
+    creds = grants[0].credentials
+    # Age the cached credentials past refresh_before (but still above 900 s) and break STS.
+    aged = type(creds)(creds.access_key_id, creds.secret_access_key, creds.session_token,
+                       _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(seconds=1000))
+    provider._cache[provider.object_key_prefix("ws-cache")] = aged
+    provider._sts_endpoint = "http://127.0.0.1:1"
+    assert (await provider.issue("ws-cache")).credentials == aged
+    await provider.close()

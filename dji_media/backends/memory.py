@@ -4,6 +4,7 @@ They keep everything in process memory, so they suit one process and lose all on
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from ..errors import StorageUnavailable
@@ -44,6 +45,13 @@ class InMemoryMediaStore(MediaStore):
         )
         self._records[key] = record
         return record
+
+    async def mark_verified(self, records: Sequence[MediaRecord], when) -> None:
+        for record in records:
+            key = (record.workspace_id, record.file.fingerprint)
+            current = self._records.get(key)
+            if current is not None and current.revision == record.revision:
+                self._records[key] = dataclasses.replace(current, verified_at=when)
 
     async def forget(self, record: MediaRecord) -> bool:
         key = (record.workspace_id, record.file.fingerprint)

@@ -119,6 +119,7 @@ def _build_models(db: peewee.Database, table_prefix: str) -> Tuple[Type[peewee.M
         shoot_lng = peewee.DoubleField(null=True)
         raw_json = peewee.TextField()
         revision = peewee.IntegerField(default=1)
+        verified_at = peewee.DateTimeField(null=True)  # UTC; storage last confirmed the object
         created_at = peewee.DateTimeField()  # UTC
         updated_at = peewee.DateTimeField()  # UTC
 
@@ -238,6 +239,7 @@ class PeeweeMediaStore(MediaStore):
             revision=row.revision,
             created_at=_aware_utc(row.created_at),
             updated_at=_aware_utc(row.updated_at),
+            verified_at=_aware_utc(row.verified_at),
         )
 
     def _group_value(self, row: Any) -> FileGroup:
@@ -296,11 +298,33 @@ class PeeweeMediaStore(MediaStore):
             update = {getattr(m, name): value for name, value in values.items()}
             update[m.updated_at] = now
             update[m.revision] = m.revision + 1
+            update[m.verified_at] = None
             self._upsert_query(m, row, [m.workspace_id, m.fingerprint], update).execute()
             stored = m.get((m.workspace_id == workspace_id) & (m.fingerprint == file.fingerprint))
             return self._record(stored)
 
         return await self._run(write)
+
+    async def mark_verified(self, records: Sequence[MediaRecord], when: _dt.datetime) -> None:
+        m = self._media
+        stamp = _naive_utc(when)
+        # Grouped by (workspace, revision) so that one UPDATE covers many rows, and a row
+        # rewritten since it was read (a higher revision) stays unverified.
+        groups: Dict[Tuple[str, int], List[str]] = {}
+        for r in records:
+            groups.setdefault((r.workspace_id, r.revision), []).append(r.file.fingerprint)
+        keys = list(groups.items())
+
+        def write() -> None:
+            for (workspace_id, revision), fingerprints in keys:
+                for start in range(0, len(fingerprints), QUERY_CHUNK):
+                    m.update(verified_at=stamp).where(
+                        (m.workspace_id == workspace_id) & (m.revision == revision)
+                        & m.fingerprint.in_(fingerprints[start:start + QUERY_CHUNK])
+                    ).execute()
+
+        if keys:
+            await self._run(write)
 
     async def forget(self, record: MediaRecord) -> bool:
         m = self._media

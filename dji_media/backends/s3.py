@@ -246,8 +246,16 @@ class StsCredentialProvider(CredentialProvider):
         async with lock:  # one STS call per prefix at a time; the others reuse its answer
             creds = self._cache.get(prefix)
             if creds is None or creds.seconds_left(utc_now()) <= self.refresh_before:
-                creds = await self._runner.run(self._assume_role, prefix)
-                self._cache[prefix] = creds
+                try:
+                    creds = await self._runner.run(self._assume_role, prefix)
+                except StorageUnavailable:
+                    # A failed refresh keeps handing out credentials that are still good enough.
+                    if creds is None or creds.seconds_left(utc_now()) < MIN_CREDENTIAL_SECONDS:
+                        raise
+                    log.warning("STS refresh failed; reusing credentials valid for %.0f s more",
+                                creds.seconds_left())
+                else:
+                    self._cache[prefix] = creds
         return StorageGrant(bucket=self.bucket, endpoint=self.public_endpoint, region=self.region,
                             provider=self.provider, object_key_prefix=prefix, credentials=creds)
 

@@ -131,6 +131,26 @@ class MediaStoreContract:
         assert await media_store.forget(newer) is False
 
     @pytest.mark.gen_test
+    async def test_mark_verified_and_rewrite_clears_it(self, media_store):
+        when = _dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=_dt.timezone.utc)
+        first = await media_store.upsert("ws", sample_file("F1"))
+        assert first.verified_at is None
+        await media_store.mark_verified([first], when)
+        assert (await media_store.get("ws", "F1")).verified_at == when
+        second = await media_store.upsert("ws", sample_file("F1"))
+        assert second.verified_at is None  # a new upload is not yet confirmed
+        await media_store.mark_verified([first], when)  # stale revision: not marked
+        assert (await media_store.get("ws", "F1")).verified_at is None
+
+    @pytest.mark.gen_test
+    async def test_mark_verified_many(self, media_store):
+        when = _dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=_dt.timezone.utc)
+        records = [await media_store.upsert("ws", sample_file(f"M{i}")) for i in range(700)]
+        await media_store.mark_verified(records, when)
+        found = await media_store.find_by_tiny_fingerprints("ws", [r.file.tiny_fingerprint for r in records])
+        assert len(found) == 700 and all(r.verified_at == when for r in found)
+
+    @pytest.mark.gen_test
     async def test_groups_latest_report_wins(self, media_store):
         assert await media_store.get_group("ws", "g1") is None
         await media_store.save_group("ws", GroupReport("g1", 14, 3))
