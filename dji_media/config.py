@@ -170,6 +170,12 @@ def _type_name(annotation: Any) -> str:
     return text.replace("typing.", "")
 
 
+def _kind(value: Any) -> str:
+    # Only the type: the value may be a secret (a token table, a key).
+    return "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else \
+        f"a {type(value).__name__}"
+
+
 def _section(raw: Mapping[str, Any], key: str, allowed: Mapping[str, Any]) -> Dict[str, Any]:
     value = raw.get(key) or {}
     if not isinstance(value, dict):
@@ -178,7 +184,7 @@ def _section(raw: Mapping[str, Any], key: str, allowed: Mapping[str, Any]) -> Di
         if name not in allowed:
             raise ConfigError(f"{key}.{name}", f"unknown key (known: {', '.join(sorted(allowed))})")
         if not _type_ok(item, allowed[name]):
-            raise ConfigError(f"{key}.{name}", f"must be {_type_name(allowed[name])}, got {item!r}")
+            raise ConfigError(f"{key}.{name}", f"must be {_type_name(allowed[name])}, got {_kind(item)}")
     return dict(value)
 
 
@@ -232,7 +238,7 @@ def _backend(raw: Mapping[str, Any], section: str) -> BackendSettings:
             known = ", ".join(sorted(allowed)) or "none"
             raise ConfigError(key, f"unknown option for {cls.__name__} (known: {known})")
         if name in hints and not _type_ok(item, hints[name]):
-            raise ConfigError(key, f"must be {_type_name(hints[name])}, got {item!r}")
+            raise ConfigError(key, f"must be {_type_name(hints[name])}, got {_kind(item)}")
     for name, p in params.items():
         if name in allowed and p.default is p.empty and name not in options:
             raise ConfigError(f"{section}.options.{name}", "is required")

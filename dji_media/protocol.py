@@ -30,14 +30,14 @@ MAX_WORKSPACE_ID = 64
 
 # Workspace ids end up in storage prefixes and IAM policy resources, so only characters that
 # cannot widen a policy or a path are allowed: no '*', '?', '/', '.', spaces or controls.
-WORKSPACE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,%d}$" % MAX_WORKSPACE_ID)
+WORKSPACE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_WORKSPACE_ID)
 
 CODE_SUCCESS = 0
 CODE_NOT_FOUND = -1  # Pilot 2 uploads when fast-upload answers a non-zero code
 
 
 def check_workspace_id(workspace_id: str) -> str:
-    if not WORKSPACE_ID_RE.match(workspace_id or ""):
+    if not WORKSPACE_ID_RE.fullmatch(workspace_id or ""):  # fullmatch: "$" would allow "\n"
         raise BadRequest(
             f"workspace_id must be 1 to {MAX_WORKSPACE_ID} characters of A-Z, a-z, 0-9, '_' or '-'",
             field="workspace_id",
@@ -59,6 +59,8 @@ def decode_object(body: bytes, *, allow_empty: bool = False) -> Dict[str, Any]:
         raise BadRequest("request body is not valid UTF-8", field="body") from None
     except ValueError:
         raise BadRequest("request body is not valid JSON", field="body") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply", field="body") from None
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object", field="body")
     return value
@@ -227,9 +229,16 @@ def parse_upload_callback(body: bytes) -> UploadReport:
         created_time_text=_lenient_str(created_text, 64),
         shoot_lat=_lenient_float(position.get("lat")),
         shoot_lng=_lenient_float(position.get("lng")),
-        raw_json=json.dumps(obj, ensure_ascii=False, separators=(",", ":")),
+        raw_json=_encode_raw(obj),
     )
     return UploadReport(result=result, file=media)
+
+
+def _encode_raw(obj: Dict[str, Any]) -> str:
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    except RecursionError:  # decodable but too deep to re-encode: refuse rather than fail
+        raise BadRequest("request body is nested too deeply", field="body") from None
 
 
 def parse_group_callback(body: bytes) -> GroupReport:

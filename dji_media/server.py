@@ -92,6 +92,9 @@ async def serve(config: Config) -> None:
             max_body_size=config.server.max_body_bytes,
             xheaders=config.server.trust_forwarded_headers,
             ssl_options=tls_context(config),
+            # Slow or idle clients must not hold connections for Tornado's default hour.
+            idle_connection_timeout=60,
+            body_timeout=60,
         )
         try:
             sockets = tornado.netutil.bind_sockets(config.server.port, config.server.host)

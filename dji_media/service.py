@@ -136,7 +136,7 @@ class MediaService:
         key = report.file.object_key
         self._check_object_key(workspace_id, key)
         if report.result != 0:
-            log.info("upload-callback with result=%s for %s/%s: not recorded",
+            log.info("upload-callback with result=%s for %s/%r: not recorded",
                      report.result, workspace_id, report.file.fingerprint)
             return CallbackOutcome(recorded=False, object_key=key, result=report.result)
         await self.media_store.upsert(workspace_id, report.file)
@@ -179,12 +179,13 @@ class MediaService:
         try:
             present = await self.object_store.exists(record.file.object_key)
         except StorageUnavailable as exc:
-            log.warning("storage could not confirm %s (%s); answering unknown, record kept",
+            log.warning("storage could not confirm %r (%s); answering unknown, record kept",
                         record.file.object_key, exc.message)
             return False, False
         if not present:
             removed = await self.media_store.forget(record)
-            log.info("object %s is gone from storage; stale record of %s/%s %s",
+            # %r: client-supplied strings are logged escaped, so they cannot forge log lines.
+            log.info("object %r is gone from storage; stale record of %s/%r %s",
                      record.file.object_key, record.workspace_id, record.file.fingerprint,
                      "removed" if removed else "was rewritten meanwhile and kept")
         return present, present

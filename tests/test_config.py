@@ -87,6 +87,13 @@ def test_bad_values_are_refused_naming_the_key(raw, change, key):
     assert str(info.value).startswith(key)
 
 
+def test_type_errors_do_not_quote_values(raw):
+    raw["authenticator"]["options"]["tokens"] = ["a-secret-token-value"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, environ={})
+    assert "a-secret-token-value" not in str(info.value) and "a list" in str(info.value)
+
+
 def test_memory_backends_and_module_class_spec(raw):
     raw["media_store"] = {"backend": "dji_media.backends.memory:InMemoryMediaStore"}
     raw["object_store"] = {"backend": "memory"}

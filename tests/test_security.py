@@ -79,3 +79,21 @@ async def test_jwt_with_another_algorithm_is_refused(algorithm):
     token = jwt.encode({"workspace_id": "ws", "exp": 4102444800}, secret, algorithm=algorithm)
     with pytest.raises(Unauthenticated):
         await JwtAuthenticator(secret=secret).authenticate(token, "ws")
+
+
+@pytest.mark.gen_test
+async def test_deeply_nested_json_is_400_not_500(call):
+    for path in ("fast-upload", "upload-callback", "files/tiny-fingerprints"):
+        status, env = await call(f"{MEDIA}/{path}", raw=b'{"a":' * 5000 + b"1" + b"}" * 5000)
+        assert (status, env["code"]) == (400, 400) and "nested" in env["message"], path
+
+
+@pytest.mark.gen_test
+async def test_answers_are_not_cached_and_carry_no_server_banner(http_client, base_url):
+    from support import TOKEN_A
+
+    for path, token in ((f"{MEDIA}/fast-upload", TOKEN_A), (f"{MEDIA}/fast-upload", None), ("/nowhere", None)):
+        response = await http_client.fetch(base_url + path, method="POST", body=b"{}", raise_error=False,
+                                           headers={"X-Auth-Token": token} if token else {})
+        assert response.headers.get("Cache-Control") == "no-store", path
+        assert "Server" not in response.headers, path

@@ -64,6 +64,7 @@ class StaticTokenAuthenticator(Authenticator):
         token = _require_token(token)
         workspaces = self.workspaces_of(token)
         if workspaces is None:
+            log.info("token %s refused: not in the token table", token_digest(token))
             raise Unauthenticated("invalid X-Auth-Token")
         if "*" not in workspaces and workspace_id not in workspaces:
             raise Forbidden("this token may not access this workspace")
@@ -84,8 +85,9 @@ class JwtAuthenticator(Authenticator):
 
     def __init__(self, *, secret: str, issuer: Optional[str] = None, require_expiry: bool = True,
                  leeway: int = 30, workspace_claim: str = "workspace_id") -> None:
-        if not secret or len(secret) < 16:
-            raise ValueError("secret must be at least 16 characters")
+        # RFC 7518 wants an HS256 key at least as long as the hash (32 bytes); PyJWT warns below.
+        if not secret or len(secret.encode("utf-8")) < 32:
+            raise ValueError("secret must be at least 32 bytes")
         if leeway < 0:
             raise ValueError("leeway must be >= 0")
         self._secret = secret

@@ -26,8 +26,8 @@ def get_handlers(
     """The routes of the media protocol, ready for ``tornado.web.Application(handlers)``.
 
     :param prefix: a path the host mounts them under, e.g. ``/dji`` (no trailing slash needed).
-    :param max_body_bytes: bodies larger than this are refused with 413 before parsing. Set
-        the HTTP server's own ``max_body_size`` at least this high.
+    :param max_body_bytes: bodies larger than this are refused with 413 before parsing (the
+        handlers stream the body, so the HTTP server's ``max_body_size`` does not limit them).
     :param in_flight: counts requests being handled, for a graceful shutdown.
     """
     if max_body_bytes < 1:

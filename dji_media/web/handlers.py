@@ -43,6 +43,11 @@ def status_for(exc: DjiMediaError) -> int:
 class EnvelopeMixin:
     """Every answer, Tornado's own errors included, is the JSON envelope: no HTML, no traceback."""
 
+    def set_default_headers(self: Any) -> None:
+        self.clear_header("Server")  # no version banner for scanners
+        # Answers carry credentials and per-workspace facts: no proxy or client may keep them.
+        self.set_header("Cache-Control", "no-store")
+
     def reply(self: Any, status: int, body: Dict[str, Any]) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")

@@ -1,6 +1,7 @@
 """Health endpoints for load balancers and orchestrators: no token, no body, the envelope."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, List, Tuple
 
 import tornado.web
@@ -8,6 +9,8 @@ import tornado.web
 from .. import protocol
 from ..service import MediaService
 from .handlers import EnvelopeMixin
+
+log = logging.getLogger("dji_media.web")
 
 
 class LivenessHandler(EnvelopeMixin, tornado.web.RequestHandler):
@@ -24,7 +27,8 @@ class LivenessHandler(EnvelopeMixin, tornado.web.RequestHandler):
 
 class ReadinessHandler(EnvelopeMixin, tornado.web.RequestHandler):
     """``GET /readyz``: 200 when the database is writable and the bucket reachable, else 503;
-    ``data`` reports each by name ("ok" or why not)."""
+    ``data`` reports each by name, "ok" or "unavailable". It needs no token, so the reason
+    (which may name the bucket) goes to the log only."""
 
     SUPPORTED_METHODS = ("GET",)
 
@@ -33,7 +37,10 @@ class ReadinessHandler(EnvelopeMixin, tornado.web.RequestHandler):
 
     async def get(self) -> None:
         report = await self.service.readiness()
-        data = {name: problem or "ok" for name, problem in report.items()}
+        for name, problem in report.items():
+            if problem:
+                log.warning("not ready: %s: %s", name, problem)
+        data = {name: "unavailable" if problem else "ok" for name, problem in report.items()}
         failing = sorted(name for name, problem in report.items() if problem)
         if failing:
             self.reply(503, protocol.envelope(503, "not ready: " + ", ".join(failing), data))
