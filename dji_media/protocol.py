@@ -32,6 +32,8 @@ MAX_WORKSPACE_ID = 64
 # cannot widen a policy or a path are allowed: no '*', '?', '/', '.', spaces or controls.
 WORKSPACE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_WORKSPACE_ID)
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
 CODE_SUCCESS = 0
 CODE_NOT_FOUND = -1  # Pilot 2 uploads when fast-upload answers a non-zero code
 
@@ -63,6 +65,13 @@ def decode_object(body: bytes, *, allow_empty: bool = False) -> Dict[str, Any]:
         raise BadRequest("request body is nested too deeply", field="body") from None
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object", field="body")
+    if _SURROGATE_ESCAPE.search(body):
+        # JSON may escape a lone UTF-16 surrogate ("\ud800"): valid JSON, but not text that
+        # can be stored or sent back as UTF-8. Checked only when such an escape is present.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("request body contains an unpaired UTF-16 surrogate", field="body") from None
     return value
 
 

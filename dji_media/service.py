@@ -109,10 +109,15 @@ class MediaService:
             return []
         records = await self.media_store.find_by_tiny_fingerprints(workspace_id, wanted)
         limit = asyncio.Semaphore(self.verify_concurrency)
+        # Once storage has failed to answer in this request, the checks not yet started are
+        # answered "unknown" at once: an outage costs one storage timeout, not one per file.
+        outage = asyncio.Event()
 
         async def check(record: MediaRecord) -> Tuple[MediaRecord, bool, bool]:
             async with limit:
-                return (record, *await self._verify(record))
+                if outage.is_set():
+                    return record, False, False
+                return (record, *await self._verify(record, outage))
 
         verdicts = await asyncio.gather(*(check(r) for r in records))
         await self._remember([r for r, _, fresh in verdicts if fresh])
@@ -164,7 +169,7 @@ class MediaService:
 
     # ------------------------------------------------------------------------- helpers
 
-    async def _verify(self, record: MediaRecord) -> Tuple[bool, bool]:
+    async def _verify(self, record: MediaRecord, outage: Optional[asyncio.Event] = None) -> Tuple[bool, bool]:
         """Whether the record's object is in storage (protocol.md section 4), and whether that
         was freshly confirmed by storage (and so is worth remembering).
 
@@ -179,6 +184,8 @@ class MediaService:
         try:
             present = await self.object_store.exists(record.file.object_key)
         except StorageUnavailable as exc:
+            if outage is not None:
+                outage.set()
             log.warning("storage could not confirm %r (%s); answering unknown, record kept",
                         record.file.object_key, exc.message)
             return False, False

@@ -80,3 +80,9 @@ async def test_client_strings_cannot_forge_log_lines(call, objects, store, caplo
         status, env = await call("/media/api/v1/workspaces/ws-a/fast-upload", {"fingerprint": "F\nFORGED"})
     assert env["code"] == -1
     assert caplog.records and all("\n" not in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.gen_test
+async def test_paired_surrogates_are_fine(call):
+    status, env = await call("/media/api/v1/workspaces/ws-a/fast-upload", raw=b'{"fingerprint":"\\ud83d\\ude00"}')
+    assert (status, env["code"]) == (200, -1)

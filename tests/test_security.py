@@ -97,3 +97,9 @@ async def test_answers_are_not_cached_and_carry_no_server_banner(http_client, ba
                                            headers={"X-Auth-Token": token} if token else {})
         assert response.headers.get("Cache-Control") == "no-store", path
         assert "Server" not in response.headers, path
+
+
+@pytest.mark.gen_test
+async def test_lone_surrogate_is_400(call):
+    status, env = await call(f"{MEDIA}/fast-upload", raw=b'{"fingerprint":"\\ud800"}')
+    assert (status, env["code"]) == (400, 400) and "surrogate" in env["message"]
