@@ -27,6 +27,7 @@ MAX_SHORT_ID = 128  # model keys, serial numbers, file group ids
 # 15,000 typical tiny fingerprints fit in the default 1 MiB body limit.
 MAX_TINY_FINGERPRINTS = 15000
 MAX_WORKSPACE_ID = 64
+MAX_INT = 2**31 - 1
 
 # Workspace ids end up in storage prefixes and IAM policy resources, so only characters that
 # cannot widen a policy or a path are allowed: no '*', '?', '/', '.', spaces or controls.
@@ -103,7 +104,7 @@ def _integer(obj: Mapping[str, Any], key: str, *, field: str, required: bool = F
         raise BadRequest(f"{field} must be an integer", field=field)
     if minimum is not None and value < minimum:
         raise BadRequest(f"{field} must be >= {minimum}", field=field)
-    if abs(value) > 2**53:
+    if abs(value) > MAX_INT:  # every integer column is 32-bit on every engine
         raise BadRequest(f"{field} is out of range", field=field)
     return value
 
@@ -216,9 +217,7 @@ def parse_upload_callback(body: bytes) -> UploadReport:
     # A missing result is taken as success: DJI's own demo never reads it, so a device that
     # leaves it out has uploaded. A present, non-zero result is a failure and is not recorded.
     result = _integer(obj, "result", field="result", default=0)
-    sub_file_type = obj.get("sub_file_type")
-    if sub_file_type is not None and (isinstance(sub_file_type, bool) or not isinstance(sub_file_type, int)):
-        raise BadRequest("sub_file_type must be an integer", field="sub_file_type")
+    sub_file_type = _integer(obj, "sub_file_type", field="sub_file_type", minimum=0)
     media = MediaFile(
         fingerprint=_string(obj, "fingerprint", MAX_FINGERPRINT, field="fingerprint", required=True),
         object_key=_string(obj, "object_key", MAX_OBJECT_KEY, field="object_key", required=True),

@@ -103,3 +103,15 @@ async def test_answers_are_not_cached_and_carry_no_server_banner(http_client, ba
 async def test_lone_surrogate_is_400(call):
     status, env = await call(f"{MEDIA}/fast-upload", raw=b'{"fingerprint":"\\ud800"}')
     assert (status, env["code"]) == (400, 400) and "surrogate" in env["message"]
+
+
+@pytest.mark.gen_test
+async def test_integers_beyond_the_columns_are_400(call):
+    body = {"fingerprint": "F", "object_key": "media/ws-a/a.jpg"}
+    for field, value in (("sub_file_type", 2**63), ("sub_file_type", -1), ("result", 10**30)):
+        status, env = await call(f"{MEDIA}/upload-callback", dict(body, **{field: value}))
+        assert (status, env["code"]) == (400, 400) and field in env["message"], (field, value)
+    for field in ("file_count", "file_uploaded_count"):
+        group = {"file_group_id": "g", "file_count": 1, "file_uploaded_count": 1, field: 2**31}
+        status, env = await call(f"{MEDIA}/group-upload-callback", group)
+        assert (status, env["code"]) == (400, 400) and field in env["message"], field
