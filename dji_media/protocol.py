@@ -66,6 +66,9 @@ def decode_object(body: bytes, *, allow_empty: bool = False) -> Dict[str, Any]:
         raise BadRequest("request body is nested too deeply", field="body") from None
     if not isinstance(value, dict):
         raise BadRequest("request body must be a JSON object", field="body")
+    if b"\\u0000" in body:
+        # Valid JSON, but PostgreSQL cannot store NUL in text and no device sends it.
+        raise BadRequest("request body contains a NUL character", field="body")
     if _SURROGATE_ESCAPE.search(body):
         # JSON may escape a lone UTF-16 surrogate ("\ud800"): valid JSON, but not text that
         # can be stored or sent back as UTF-8. Checked only when such an escape is present.
@@ -104,7 +107,7 @@ def _integer(obj: Mapping[str, Any], key: str, *, field: str, required: bool = F
         raise BadRequest(f"{field} must be an integer", field=field)
     if minimum is not None and value < minimum:
         raise BadRequest(f"{field} must be >= {minimum}", field=field)
-    if abs(value) > MAX_INT:  # every integer column is 32-bit on every engine
+    if abs(value) > MAX_INT:  # generous for counts and types, and fits any integer column
         raise BadRequest(f"{field} is out of range", field=field)
     return value
 

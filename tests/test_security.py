@@ -115,3 +115,9 @@ async def test_integers_beyond_the_columns_are_400(call):
         group = {"file_group_id": "g", "file_count": 1, "file_uploaded_count": 1, field: 2**31}
         status, env = await call(f"{MEDIA}/group-upload-callback", group)
         assert (status, env["code"]) == (400, 400) and field in env["message"], field
+
+
+@pytest.mark.gen_test
+async def test_nul_character_is_400(call):
+    status, env = await call(f"{MEDIA}/fast-upload", raw=b'{"fingerprint":"a\\u0000b"}')
+    assert (status, env["code"]) == (400, 400) and "NUL" in env["message"]

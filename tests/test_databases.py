@@ -1,0 +1,235 @@
+"""PeeweeMediaStore on real PostgreSQL and MySQL/MariaDB servers.
+
+The servers are not started by the suite: their URLs come from ``DJI_MEDIA_TEST_POSTGRES_URL``
+and ``DJI_MEDIA_TEST_MYSQL_URL`` (``.ci/run`` sets both); a test whose variable is unset skips
+and says which one to set. Each test uses tables of its own (a random ``table_prefix``) and drops
+them afterwards, so parallel and repeated runs against one database do not meet.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import os
+import threading
+import uuid
+
+import pytest
+
+from dji_media import BadRequest, DatabaseUnavailable, PeeweeMediaStore
+from dji_media.backends.peewee_store import _build_models, open_database
+from dji_media.testing.contracts import MediaStoreContract, sample_file
+from dji_media.values import GroupReport, MediaFile
+
+ENGINES = {"postgresql": "DJI_MEDIA_TEST_POSTGRES_URL", "mysql": "DJI_MEDIA_TEST_MYSQL_URL"}
+
+# Per engine: this connection's server-side id, a query that runs long enough to be killed
+# midway, and how to kill another connection.
+SQL = {
+    "postgresql": ("SELECT pg_backend_pid()", "SELECT pg_sleep(30)", "SELECT pg_terminate_backend(%s)"),
+    "mysql": ("SELECT CONNECTION_ID()", "SELECT SLEEP(30)", "KILL %s"),
+}
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def engine(request):
+    return request.param
+
+
+@pytest.fixture
+def database_url(engine):
+    variable = ENGINES[engine]
+    url = os.environ.get(variable)
+    if not url:
+        pytest.skip(f"{engine}: set {variable} to a database URL to run these tests")
+    return url
+
+
+@pytest.fixture
+def admin(database_url):
+    """A connection of the test's own, outside any store."""
+    db = open_database(database_url, max_connections=1)
+    db.connect()
+    yield db
+    db.close_all()
+
+
+@pytest.fixture
+def make_store(database_url, admin, io_loop):
+    """Stores on fresh tables (one prefix per call); their tables are dropped afterwards."""
+    made = []
+
+    def make(**options):
+        options.setdefault("table_prefix", f"t{uuid.uuid4().hex[:8]}_")
+        store = PeeweeMediaStore(url=database_url, **options)
+        made.append((store, options["table_prefix"]))
+        return store
+
+    yield make
+    for store, prefix in made:
+        io_loop.run_sync(store.close)
+        admin.drop_tables(_build_models(admin, prefix), safe=True)
+
+
+class TestDatabaseMediaStores(MediaStoreContract):
+    @pytest.fixture
+    def media_store(self, make_store):
+        return make_store()
+
+
+@pytest.mark.gen_test
+async def test_stores_with_different_prefixes_share_a_database(make_store):
+    # Index names are per schema on PostgreSQL: each table must get its own unique index.
+    first, second = make_store(), make_store()
+    for store in (first, second):
+        await store.upsert("ws", sample_file("F1"))
+        assert (await store.upsert("ws", sample_file("F1"))).revision == 2
+
+
+@pytest.mark.gen_test
+async def test_keys_are_exact(make_store):
+    """Case, trailing spaces and characters beyond the BMP all make distinct keys, as on SQLite."""
+    store = make_store()
+    await store.upsert("ws", sample_file("abc"))
+    for other in ("ABC", "abc ", "ab"):
+        assert await store.get("ws", other) is None
+    emoji = MediaFile(fingerprint="\U0001F681x", object_key="media/ws/\U0001F681.jpg", name="航拍 \U0001F681.JPG")
+    await store.upsert("ws", emoji)
+    assert (await store.get("ws", "\U0001F681x")).file == emoji
+    assert await store.get("ws", "\U0001F681X") is None
+
+
+@pytest.mark.gen_test
+async def test_values_round_trip_exactly(make_store):
+    """Microseconds, 64-bit integers and a body-sized raw_json survive on every engine."""
+    store = make_store()
+    created = _dt.datetime(2022, 8, 31, 7, 16, 16, 123456, tzinfo=_dt.timezone.utc)
+    file = sample_file("F1", created_time=created, sub_file_type=2**53, raw_json="x" * 900_000,
+                       is_original=False, gimbal_yaw_degree=-179.99999999999997)
+    stored = await store.upsert("ws", file)
+    assert stored.file == file and (await store.get("ws", "F1")).file == file
+    assert stored.created_at.microsecond == (await store.get("ws", "F1")).created_at.microsecond
+    when = _dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=_dt.timezone.utc)
+    await store.mark_verified([stored], when)
+    assert (await store.get("ws", "F1")).verified_at == when
+    group = await store.save_group("ws", GroupReport("g1", 2**53, 2**53 - 1))
+    assert (group.file_count, group.file_uploaded_count) == (2**53, 2**53 - 1)
+
+
+@pytest.mark.gen_test
+async def test_what_one_engine_cannot_store_is_refused_on_all(make_store):
+    store = make_store()
+    with pytest.raises(BadRequest) as caught:
+        await store.upsert("ws", sample_file("F1", name="a\x00b"))
+    assert caught.value.field == "name"
+    with pytest.raises(BadRequest):
+        await store.upsert("ws", sample_file("F1", sub_file_type=2**63))
+    with pytest.raises(BadRequest):
+        await store.save_group("ws", GroupReport("g\x00", 1, 1))
+    # A key that cannot be stored is not found, rather than an error.
+    assert await store.get("ws", "F\x001") is None
+    assert await store.find_by_tiny_fingerprints("ws", ["t\x00"]) == []
+    assert await store.get_group("ws", "g\x00") is None
+
+
+@pytest.mark.gen_test
+async def test_pool_is_bounded_and_closed(make_store, admin, engine):
+    store = make_store(max_workers=3)
+    await asyncio.gather(*(store.upsert("ws", sample_file(f"F{i}")) for i in range(30)))
+    ids = SQL[engine][0]
+    seen = await asyncio.gather(*(store._run(lambda: store.db.execute_sql(ids).fetchone()[0])
+                                  for _ in range(30)))
+    assert 1 <= len(set(seen)) <= 3
+    await store.close()
+    assert store.db._in_use == {} and store.db._connections == []  # nothing left open
+
+
+@pytest.mark.gen_test
+async def test_connection_killed_while_idle_is_replaced(make_store, admin, engine):
+    store = make_store(max_workers=1)
+    await store.upsert("ws", sample_file("F1"))
+    ids, _, kill = SQL[engine]
+    before = await store._run(lambda: store.db.execute_sql(ids).fetchone()[0])
+    admin.execute_sql(kill, (before,))  # as a server restart or an idle timeout would
+    try:
+        fetched = await store.get("ws", "F1")
+    except DatabaseUnavailable:  # peewee 3's PostgreSQL pool does not test a connection it hands out
+        fetched = await store.get("ws", "F1")
+    assert fetched.file == sample_file("F1")
+    assert await store._run(lambda: store.db.execute_sql(ids).fetchone()[0]) != before
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_connection_killed_midway_is_not_reused(make_store, admin, engine):
+    store = make_store(max_workers=1)
+    await store.ping()
+    ids, sleep, kill = SQL[engine]
+    started = threading.Event()
+    box = []
+
+    def long_query():
+        box.append(store.db.execute_sql(ids).fetchone()[0])
+        started.set()
+        store.db.execute_sql(sleep)
+
+    running = asyncio.ensure_future(store._run(long_query))
+    while not started.is_set():
+        await asyncio.sleep(0.01)
+    admin.execute_sql(kill, (box[0],))
+    with pytest.raises(DatabaseUnavailable):
+        await running
+    assert store.db._connections == []  # the broken connection did not go back to the pool
+    await store.upsert("ws", sample_file("F1"))
+    assert await store._run(lambda: store.db.execute_sql(ids).fetchone()[0]) != box[0]
+
+
+@pytest.mark.gen_test
+async def test_schema_on_the_server(make_store, admin, engine):
+    """The column types a migration tool will meet."""
+    store = make_store()
+    await store.ping()
+    table = store._media._meta.table_name
+    if engine == "mysql":
+        rows = admin.execute_sql(
+            "SELECT COLUMN_NAME, COLUMN_TYPE, COLLATION_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s", (table,)).fetchall()
+        columns = {name: (kind, collation) for name, kind, collation in rows}
+        assert columns["fingerprint"] == ("varchar(64)", "utf8mb4_nopad_bin")
+        assert columns["created_at"][0] == "datetime(6)"
+        assert columns["raw_json"][0] == "longtext"
+        assert columns["id"][0].startswith("bigint")
+    else:
+        rows = admin.execute_sql(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s",
+            (table,)).fetchall()
+        columns = dict(rows)
+        assert columns["created_at"] == "timestamp without time zone"
+        assert columns["id"] == "bigint" and columns["sub_file_type"] == "bigint"
+    indexes = {index.name: index.unique for index in admin.get_indexes(table)}
+    assert indexes[f"{table}_workspace_id_fingerprint"] is True
+    assert indexes[f"{table}_workspace_id_tiny_fingerprint"] is False
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_deadlock_victim_is_rerun(make_store):
+    """Two units of work lock two rows in opposite orders; the one the server aborts reruns."""
+    store = make_store(max_workers=2)
+    for fingerprint in ("A", "B"):
+        await store.upsert("ws", sample_file(fingerprint))
+    m = store._media
+    both_hold_one = threading.Barrier(2, timeout=10)
+    calls = []
+
+    def lock(first, second):
+        def work():
+            calls.append(first)
+            row = (m.workspace_id == "ws") & (m.fingerprint == first)  # by the unique index
+            m.update(name=first).where(row).execute()
+            if calls.count(first) == 1:  # only the first attempt waits for the other
+                both_hold_one.wait()
+            m.update(name=first).where((m.workspace_id == "ws") & (m.fingerprint == second)).execute()
+        return work
+
+    await asyncio.gather(store._run(lock("A", "B")), store._run(lock("B", "A")))
+    assert len(calls) == 3  # one of them ran twice
+    names = {(await store.get("ws", fp)).file.name for fp in ("A", "B")}
+    assert len(names) == 1  # the rerun one wrote both rows last
