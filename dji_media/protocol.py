@@ -159,11 +159,11 @@ def parse_created_time(text: Any) -> Optional[_dt.datetime]:
         candidate = candidate[:-1] + "+00:00"
     try:
         value = _dt.datetime.fromisoformat(candidate)
-    except ValueError:
+        if value.tzinfo is None:
+            return None
+        return value.astimezone(_dt.timezone.utc)
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 shifted past the range
         return None
-    if value.tzinfo is None:
-        return None
-    return value.astimezone(_dt.timezone.utc)
 
 
 def _tiny_from_ext(ext: Mapping[str, Any], field_prefix: str) -> Optional[str]:

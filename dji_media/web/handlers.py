@@ -60,11 +60,17 @@ class EnvelopeMixin:
         self.reply(status_code, protocol.envelope(status_code, message))
 
 
+@tornado.web.stream_request_body
 class NotFoundHandler(EnvelopeMixin, tornado.web.RequestHandler):
-    """Use as the host app's ``default_handler_class`` so unknown paths answer the envelope."""
+    """Use as the host app's ``default_handler_class`` so unknown paths answer the envelope.
+
+    It streams (and never reads) the body, so the 404 is sent whatever the body's size."""
 
     def prepare(self) -> None:
         raise tornado.web.HTTPError(404)
+
+    def data_received(self, chunk: bytes) -> None:
+        pass
 
 
 @tornado.web.stream_request_body
