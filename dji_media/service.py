@@ -108,6 +108,9 @@ class MediaService:
         if not wanted:
             return []
         records = await self.media_store.find_by_tiny_fingerprints(workspace_id, wanted)
+        # Records confirmed within the window need no storage check and no task of their own.
+        present = {r.file.tiny_fingerprint for r in records if self._recently_verified(r)}
+        records = [r for r in records if r.file.tiny_fingerprint not in present]
         limit = asyncio.Semaphore(self.verify_concurrency)
         # Once storage has failed to answer in this request, the checks not yet started are
         # answered "unknown" at once: an outage costs one storage timeout, not one per file.
@@ -121,7 +124,7 @@ class MediaService:
 
         verdicts = await asyncio.gather(*(check(r) for r in records))
         await self._remember([r for r, _, fresh in verdicts if fresh])
-        present = {r.file.tiny_fingerprint for r, ok, _ in verdicts if ok}
+        present.update(r.file.tiny_fingerprint for r, ok, _ in verdicts if ok)
         return [t for t in wanted if t in present]
 
     async def issue_credentials(self, workspace_id: str) -> Tuple[StorageGrant, int]:
@@ -177,10 +180,8 @@ class MediaService:
         is stale, so it is removed and the device uploads again. Storage unreachable: answer
         "unknown" so the device uploads again, and touch nothing.
         """
-        if self.verify_window and record.verified_at is not None:
-            age = (utc_now() - record.verified_at).total_seconds()
-            if 0 <= age < self.verify_window:
-                return True, False
+        if self._recently_verified(record):
+            return True, False
         try:
             present = await self.object_store.exists(record.file.object_key)
         except StorageUnavailable as exc:
@@ -196,6 +197,12 @@ class MediaService:
                      record.file.object_key, record.workspace_id, record.file.fingerprint,
                      "removed" if removed else "was rewritten meanwhile and kept")
         return present, present
+
+    def _recently_verified(self, record: MediaRecord) -> bool:
+        if not self.verify_window or record.verified_at is None:
+            return False
+        age = (utc_now() - record.verified_at).total_seconds()
+        return 0 <= age < self.verify_window
 
     async def _remember(self, confirmed: List[MediaRecord]) -> None:
         """Store the confirmations when a window is in use; a failure only costs a re-check."""
