@@ -18,8 +18,9 @@ Figures measured on the development machine (run with ``-s`` to print them); cli
     404:      3 / 3 / 3; fast-upload -1 in 0.004 s, tiny [] 0.009 s, sts 503 0.003 s
     404+500:  3 / 3 / 3; fast-upload -1 in 0.005 s, tiny [] 0.010 s, sts 503 0.003 s
     hang:     3 / 3 / 3; fast-upload -1 in 1.005 s, tiny [] 1.008 s, sts 503 1.004 s
-    hang, 100 files in one tiny-fingerprints: 100 / 100 records, but the answer took 7.05 s:
-        ceil(100 / verify_concurrency 16) rounds of one client timeout each (see the test).
+    hang, 100 files in one tiny-fingerprints: 100 / 100 records; the answer took 7.05 s before
+        the service stopped asking storage after a first failure in a request (one client
+        timeout per round of verify_concurrency files); now about one timeout (1.05 s).
 """
 from __future__ import annotations
 
@@ -364,9 +365,8 @@ class TestInjectedFaults:
     async def test_hang_with_a_full_sd_card_answers_in_bounded_time(self, call, service, fault, admin, db_path):
         """Pilot 2 with a full SD card asks tiny-fingerprints about many files at once. While
         storage hangs, the answer must still come within BOUND seconds, not after one client
-        timeout per verify_concurrency files. (With the defaults, timeout 5 s and one retry, one
-        HEAD against a hanging storage takes 10 s, so 1000 known files would take about
-        ceil(1000 / 16) * 10 s = 630 s to answer.)"""
+        timeout per verify_concurrency files. (With the old defaults, timeout 5 s and one retry,
+        1000 known files took about ceil(1000 / 16) * 10 s = 630 s to answer.)"""
         files = [new_file(i) for i in range(100)]
         for f in files:
             admin.put_object(BUCKET, f["key"], io.BytesIO(f["data"]), len(f["data"]))
