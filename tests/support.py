@@ -15,6 +15,7 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
 TOKEN = "cli-test-token-123"
+SERVE = [sys.executable, "-m", "dji_media.cli", "serve", "--config"]  # + config path
 # Child processes import the same dji_media as this test run (the checkout's), and may load
 # test-only backends from tests/ by "module:Class".
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, TESTS, os.environ.get("PYTHONPATH", "")]))

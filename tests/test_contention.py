@@ -42,7 +42,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -67,9 +66,8 @@ from loadgen import (
     tiny_of,
 )
 
-from support import BUCKET, start, write_config
+from support import BUCKET, SERVE, start, write_config
 
-SERVE = [sys.executable, "-m", "dji_media.cli", "serve", "--config"]
 PROCESSES = 3
 THREADS = 9
 DURATION = 30.0

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import signal
-import sys
 import threading
 import time
 
@@ -37,9 +36,8 @@ from loadgen import (
     tiny_of,
 )
 
-from support import BUCKET, pilot2_round, post, start, write_config
+from support import BUCKET, SERVE, pilot2_round, post, start, write_config
 
-SERVE = [sys.executable, "-m", "dji_media.cli", "serve", "--config"]
 THREADS = 8
 KILL_AFTER = 300  # acknowledged callbacks before the kill
 PER_THREAD_MAX = 2000  # bounds every loop even if the kill never comes

@@ -8,7 +8,6 @@ import pathlib
 import signal
 import sqlite3
 import ssl
-import sys
 import threading
 import time
 import urllib.error
@@ -19,9 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from support import ADMIN_KEY, ADMIN_SECRET, TOKEN, pilot2_round, post, run_cli, start, write_config
-
-SERVE = [sys.executable, "-m", "dji_media.cli", "serve", "--config"]
+from support import ADMIN_KEY, ADMIN_SECRET, SERVE, TOKEN, pilot2_round, post, run_cli, start, write_config
 
 
 def self_signed(tmp_path):

@@ -26,7 +26,6 @@ import io
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -52,9 +51,8 @@ from loadgen import (
 from minio import Minio
 from minio.credentials import StaticProvider
 
-from support import BUCKET, start, write_config
+from support import BUCKET, SERVE, start, write_config
 
-SERVE = [sys.executable, "-m", "dji_media.cli", "serve", "--config"]
 DEVICES = 20
 DURATION = 61.0  # seconds of load; "at least 60"
 PER_DEVICE_MAX = 5000  # files per device: bounds the loop whatever the clock does
