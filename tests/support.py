@@ -88,11 +88,11 @@ def post(base, path, body, token=TOKEN, context: Optional[ssl.SSLContext] = None
         return exc.code, json.loads(exc.read())
 
 
-def start(cmd, tmp_path):
+def start(cmd, tmp_path, env=None):
     """Start a server process; return it and the base URL it prints."""
     out = tmp_path / "server.out"
     with open(out, "w") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, text=True, env=ENV)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, text=True, env=env or ENV)
     deadline = time.time() + 60
     while time.time() < deadline:
         found = re.search(r"(?:listening on|server on) (https?://\S+)", out.read_text())

@@ -44,6 +44,10 @@ async def test_workspace_ids_that_could_widen_a_policy_are_400(call):
         assert (status, env["code"]) == (400, 400) and "workspace_id" in env["message"], ws
     status, env = await call("/media/api/v1/workspaces/ws_ok-1/fast-upload", {"fingerprint": "F"})
     assert (status, env["code"]) == (200, -1)
+    # On sts the refusal comes before the credential provider is asked: this one would say 503.
+    for ws in ("a*b", "..", "ws%2Fb"):
+        status, env = await call(f"/storage/api/v1/workspaces/{ws}/sts", {})
+        assert (status, env["code"]) == (400, 400) and "workspace_id" in env["message"], ws
 
 
 @pytest.fixture

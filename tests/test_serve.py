@@ -8,17 +8,20 @@ import pathlib
 import signal
 import sqlite3
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from support import ADMIN_KEY, ADMIN_SECRET, SERVE, TOKEN, pilot2_round, post, run_cli, start, write_config
+from support import ADMIN_KEY, ADMIN_SECRET, ENV, ROOT, SERVE, TOKEN, pilot2_round, post, run_cli, start, write_config
 
 
 def self_signed(tmp_path):
@@ -122,3 +125,35 @@ def test_logs_carry_no_token_or_secret(tmp_path, s3):
     assert "upload-callback" in logs  # debug logging was on and requests were logged
     for secret in (TOKEN, wrong, ADMIN_SECRET):
         assert secret not in logs
+
+
+def test_jwt_secret_and_tokens_stay_out_of_logs_and_check_output(tmp_path, s3):
+    import jwt
+
+    secret = "jwt-secret-that-must-never-be-logged-0123456789"
+    config = pathlib.Path(write_config(tmp_path, s3_endpoint=s3.endpoint))
+    settings = yaml.safe_load(config.read_text())
+    settings["logging"]["level"] = "debug"
+    settings["authenticator"] = {"backend": "jwt", "options": {"secret": "${JWT_SECRET}", "issuer": "DJI"}}
+    config.write_text(yaml.safe_dump(settings))
+    env_secret = dict(ENV, JWT_SECRET=secret)
+    checked = subprocess.run([sys.executable, "-m", "dji_media.cli", "check", "--config", str(config)],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT, env=env_secret)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert secret not in checked.stdout + checked.stderr
+
+    good = jwt.encode({"iss": "DJI", "workspace_id": "ws-cli", "username": "pilot", "exp": int(time.time()) + 600},
+                      secret, algorithm="HS256")
+    forged = jwt.encode({"iss": "DJI", "workspace_id": "ws-cli", "exp": int(time.time()) + 600},
+                        "not-the-secret-not-the-secret-not-the-secret", algorithm="HS256")
+    proc, base = start(SERVE + [str(config)], tmp_path, env=env_secret)
+    try:
+        assert post(base, "/storage/api/v1/workspaces/ws-cli/sts", {}, token=good)[0] == 200
+        assert post(base, "/media/api/v1/workspaces/ws-cli/fast-upload", {"fingerprint": "X"}, token=forged)[0] == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    logs = (tmp_path / "server.out").read_text()
+    assert "refused" in logs  # the forged token was logged, by digest
+    for text in (secret, good, forged, ADMIN_SECRET):
+        assert text not in logs
