@@ -73,6 +73,19 @@ _MEDIA_FIELDS = (
 )
 
 
+def _describe(exc: BaseException) -> str:
+    """The error an operator needs. SQLite ends a transaction by itself on some errors (a full
+    disk, for one); the rollback that follows then fails and would hide the real cause."""
+    cause: BaseException = exc
+    seen = 0
+    while "no transaction is active" in str(cause) and seen < 10:
+        following = cause.__cause__ or cause.__context__
+        if following is None:
+            break
+        cause, seen = following, seen + 1
+    return f"{type(cause).__name__}: {cause}"
+
+
 def _naive_utc(value: Optional[_dt.datetime]) -> Optional[_dt.datetime]:
     # Columns hold naive UTC so every engine stores the same thing; values outside are aware.
     if value is None:
@@ -369,11 +382,11 @@ class PeeweeMediaStore(MediaStore):
                     # A connection kept from earlier may be stale although the database is fine
                     # now: SQLite opens a file read-only while it cannot be written and never
                     # upgrades that connection. The transaction rolled back; try once afresh.
-                    log.warning("database error on a kept connection (%s: %s); retrying on a new one",
-                                type(exc).__name__, exc)
+                    log.warning("database error on a kept connection (%s); retrying on a new one",
+                                _describe(exc))
                     stale_retry = False
                     continue
-                log.error("database error: %s: %s", type(exc).__name__, exc)
+                log.error("database error: %s", _describe(exc))
                 raise DatabaseUnavailable("the media database is unavailable") from exc
             except BaseException:
                 self._release_connection()
