@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import signal
 import ssl
 import subprocess
 import sys
@@ -127,3 +128,23 @@ def pilot2_round(base, workspace, context=None):
     assert (status, env["code"]) == (200, 0)
     assert send(base, f"{media}/fast-upload", {"fingerprint": "ABC"}, token="wrong-token")[0] == 401
 
+
+def get(base, path):
+    """GET a path; (status, decoded envelope), error statuses included."""
+    try:
+        with urllib.request.urlopen(base + path, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def stop(proc) -> int:
+    """SIGTERM a server process (SIGKILL if it does not exit in 20 s); its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()

@@ -36,7 +36,6 @@ Figures measured on the development machine (2 cores; run with ``-s`` to print t
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 import shutil
@@ -44,8 +43,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from loadgen import (
@@ -66,7 +63,7 @@ from loadgen import (
     tiny_of,
 )
 
-from support import BUCKET, SERVE, start, write_config
+from support import BUCKET, SERVE, get, start, write_config
 
 PROCESSES = 3
 THREADS = 9
@@ -337,7 +334,7 @@ def test_unwritable_database_answers_503_and_recovers_by_itself(tmp_path, s3, s3
                 assert env["data"] == {"tiny_fingerprints": [known["ext"]["tinny_fingerprint"]]}
                 status, env = client.post(STS, {})
                 assert (status, env["code"]) == (200, 0)
-            status, env = _get(base, "/readyz")
+            status, env = get(base, "/readyz")
             assert status == 503 and env["data"]["database"] == "unavailable", env
 
             # Nothing of the refused writes is in the file, and the file is sound.
@@ -377,7 +374,7 @@ def test_unwritable_database_answers_503_and_recovers_by_itself(tmp_path, s3, s3
                     after_refused.append((i, round(time.monotonic() - cleared, 3)))
             assert len(after) >= 10 and all(i < 10 for i, _ in after_refused), after_refused
             time.sleep(1.0)  # the background load goes on writing after the fault, too
-            ready = [_get(base, "/readyz")[0] for _ in range(8)]
+            ready = [get(base, "/readyz")[0] for _ in range(8)]
             assert proc.poll() is None
     finally:
         if applied:
@@ -416,10 +413,3 @@ def _ask_known(base, known):
             assert answer == (200, {"code": 0, "message": "success", "data": {}}), answer
 
 
-def _get(base, path):
-    try:
-        with urllib.request.urlopen(base + path, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())

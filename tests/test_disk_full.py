@@ -15,13 +15,9 @@ skips and says why.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
-import signal
 import subprocess
-import urllib.error
-import urllib.request
 
 import pytest
 from loadgen import (
@@ -35,7 +31,7 @@ from loadgen import (
     not_intact,
 )
 
-from support import SERVE, start, write_config
+from support import SERVE, get, start, stop, write_config
 
 UNAVAILABLE = (503, {"code": 503, "message": "the media database is unavailable", "data": {}})
 DISK_SIZE = "4m"
@@ -97,13 +93,6 @@ def _fill(path) -> int:
     return written
 
 
-def _get(base, path):
-    try:
-        with urllib.request.urlopen(base + path, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
 
 
 def test_full_disk_answers_503_loses_nothing_and_recovers(tmp_path, s3):
@@ -137,21 +126,15 @@ def test_full_disk_answers_503_loses_nothing_and_recovers(tmp_path, s3):
 
                 filled = _fill(filler)
                 during = [send(_large_body()) for _ in range(8)]
-                ready_during = _get(base, "/readyz")
+                ready_during = get(base, "/readyz")
 
                 filler.unlink()
                 after = [send(_large_body()) for _ in range(3)] + [
                     send(callback_body(new_fingerprint())) for _ in range(5)]
-                ready_after = _get(base, "/readyz")
+                ready_after = get(base, "/readyz")
                 alive = proc.poll() is None
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                code = proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
+            code = stop(proc)
 
         rows = media_rows(db)
         check = integrity(db)

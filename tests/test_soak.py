@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
-import subprocess
 import threading
 import time
 
@@ -51,7 +49,7 @@ from loadgen import (
 from minio import Minio
 from minio.credentials import StaticProvider
 
-from support import BUCKET, SERVE, start, write_config
+from support import BUCKET, SERVE, start, stop, write_config
 
 DEVICES = 20
 DURATION = 61.0  # seconds of load; "at least 60"
@@ -167,13 +165,7 @@ def test_soak_full_flow_many_devices(tmp_path, s3, s3_admin):
         alive = proc.poll() is None
     finally:
         sampler.stop()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
+        code = stop(proc)
 
     first = sampler.window_median(True, WINDOW)
     last = sampler.window_median(False, WINDOW)
