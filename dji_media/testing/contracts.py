@@ -142,7 +142,7 @@ class MediaStoreContract:
         await media_store.mark_verified([first], when)  # stale revision: not marked
         assert (await media_store.get("ws", "F1")).verified_at is None
 
-    @pytest.mark.gen_test
+    @pytest.mark.gen_test(timeout=120)  # 700 durable writes one after another
     async def test_mark_verified_many(self, media_store):
         when = _dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=_dt.timezone.utc)
         records = [await media_store.upsert("ws", sample_file(f"M{i}")) for i in range(700)]

@@ -1,0 +1,250 @@
+"""The peewee side of the media store: opening a database from a URL, the schema (the same
+tables on every engine, with per-engine column types where SQLite's defaults would not hold),
+and the conversions between rows and the library's values.
+
+``peewee_store`` holds the store that runs units of work against these.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import logging
+from typing import Any, Dict, Optional, Tuple, Type
+from urllib.parse import urlparse
+
+import peewee
+from playhouse.db_url import connect as connect_url
+from playhouse.db_url import parse as parse_url
+from playhouse.pool import PooledMySQLDatabase, PooledPostgresqlDatabase
+
+from ..errors import BadRequest
+
+log = logging.getLogger("dji_media.peewee")
+
+SCHEMA_VERSION = 1
+# SQLite allows 999 parameters per statement in old builds; stay well below.
+QUERY_CHUNK = 500
+# URL schemes given a connection pool of max_workers connections (playhouse's "+pool" schemes
+# too, with the same defaults); the query string may override any pool or driver parameter.
+_POOLED_SCHEMES = {
+    "postgres": PooledPostgresqlDatabase,
+    "postgresql": PooledPostgresqlDatabase,
+    "postgres+pool": PooledPostgresqlDatabase,
+    "postgresql+pool": PooledPostgresqlDatabase,
+    "mysql": PooledMySQLDatabase,
+    "mysql+pool": PooledMySQLDatabase,
+}
+# Seconds a unit of work waits for a free pooled connection (only when the host's executor has
+# more threads than the pool has connections), and for a new connection to a silent server.
+POOL_WAIT_SECONDS = 10
+CONNECT_TIMEOUT_SECONDS = 10
+# Concurrent writers to one row may deadlock on MySQL's ON DUPLICATE KEY UPDATE (InnoDB takes
+# a shared then an exclusive lock); the server aborts one transaction, which is simply rerun.
+CONFLICT_ATTEMPTS = 8
+_PG_RETRY_CODES = ("40001", "40P01")  # serialization_failure, deadlock_detected
+_MYSQL_RETRY_CODES = (1213, 1020)  # deadlock; MariaDB: record changed since last read
+# Binary (case- and accent-sensitive) collations that do not pad: 'a' and 'a ' stay distinct
+# keys, as on SQLite and PostgreSQL. MariaDB >= 10.2 has the first, MySQL 8 the second.
+_MYSQL_COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin")
+_INT64 = range(-2**63, 2**63)
+
+_MEDIA_FIELDS = (
+    "tiny_fingerprint", "object_key", "name", "path", "sub_file_type", "file_group_id",
+    "drone_model_key", "payload_model_key", "is_original", "sn", "gimbal_yaw_degree",
+    "absolute_altitude", "relative_altitude", "created_time", "created_time_text", "shoot_lat",
+    "shoot_lng", "raw_json",
+)
+
+
+def _describe(exc: BaseException) -> str:
+    """The error an operator needs. SQLite ends a transaction by itself on some errors (a full
+    disk, for one); the rollback that follows then fails and would hide the real cause."""
+    cause: BaseException = exc
+    seen = 0
+    while "no transaction is active" in str(cause) and seen < 10:
+        following = cause.__cause__ or cause.__context__
+        if following is None:
+            break
+        cause, seen = following, seen + 1
+    return f"{type(cause).__name__}: {cause}"
+
+
+def _naive_utc(value: Optional[_dt.datetime]) -> Optional[_dt.datetime]:
+    # Columns hold naive UTC so every engine stores the same thing; values outside are aware.
+    if value is None:
+        return None
+    return value.astimezone(_dt.timezone.utc).replace(tzinfo=None)
+
+
+def _aware_utc(value: Any) -> Optional[_dt.datetime]:
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite hands back text for some column types
+        value = _dt.datetime.fromisoformat(value)
+    return value.replace(tzinfo=_dt.timezone.utc) if value.tzinfo is None else value
+
+
+def open_database(url: str, *, busy_timeout_ms: int = 5000, synchronous: str = "full",
+                  max_connections: int = 4) -> peewee.Database:
+    """Build a peewee database from a URL.
+
+    SQLite gets WAL (readers never block the writer), a busy timeout (writers wait for each
+    other instead of failing with "database is locked") and foreign keys. PostgreSQL
+    (``postgresql://``, ``postgres://``) and MySQL/MariaDB (``mysql://``) get a pool of
+    ``max_connections`` connections, a wait for a free one and a connect timeout; parameters
+    in the query string (``?max_connections=8&stale_timeout=300``) override those. Other URLs
+    go to ``playhouse.db_url`` unchanged.
+    """
+    scheme = urlparse(url).scheme
+    if scheme in ("sqlite", "sqliteext"):
+        path = url.split("://", 1)[1]
+        # sqlite:///relative.db and sqlite:////absolute.db, as in SQLAlchemy and playhouse.
+        path = path[1:] if path.startswith("/") else path
+        if not path:
+            raise ValueError("url: sqlite URL needs a file path, e.g. sqlite:///var/media.sqlite3")
+        return peewee.SqliteDatabase(
+            path,
+            timeout=busy_timeout_ms / 1000.0,
+            # Each pool thread uses its own connection; close() shuts them from the caller's
+            # thread once the pool has stopped, which sqlite3 allows only with this flag.
+            check_same_thread=False,
+            pragmas={
+                "journal_mode": "wal",
+                "busy_timeout": busy_timeout_ms,
+                "foreign_keys": 1,
+                "synchronous": synchronous,
+            },
+        )
+    pooled = _POOLED_SCHEMES.get(scheme)
+    if pooled is not None:
+        params: Dict[str, Any] = {"max_connections": max_connections, "timeout": POOL_WAIT_SECONDS,
+                                  "connect_timeout": CONNECT_TIMEOUT_SECONDS}
+        if pooled is PooledMySQLDatabase:
+            # 4-byte UTF-8 (emoji) and the tables' utf8mb4 collation; peewee 3 defaults to utf8.
+            params["charset"] = "utf8mb4"
+        params.update(parse_url(url))
+        if "passwd" in params:  # playhouse's spelling for mysql://; PyMySQL 1.x deprecates it
+            params["password"] = params.pop("passwd")
+        database = params.pop("database")
+        if not database:
+            raise ValueError(f"url: {scheme} URL needs a database name, e.g. {scheme}://user@host/dbname")
+        return pooled(database, **params)
+    try:
+        return connect_url(url)
+    except Exception as exc:  # playhouse raises RuntimeError/ValueError for unknown schemes
+        raise ValueError(f"url: cannot use database URL scheme {scheme!r} ({exc})") from None
+
+
+class _MySQLDateTimeField(peewee.DateTimeField):
+    # MySQL's DATETIME drops the fraction of a second; the other engines keep microseconds.
+    field_type = "DATETIME(6)"
+
+
+class _MySQLLongTextField(peewee.TextField):
+    # MySQL's TEXT holds 64 KiB; raw_json may be as large as a request body (1 MiB by default).
+    field_type = "LONGTEXT"
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's exception behind peewee's (``orig`` in peewee 4, ``args[0]`` in 3)."""
+    for inner in (getattr(exc, "orig", None), exc.args[0] if exc.args else None):
+        if isinstance(inner, BaseException):
+            return inner
+    return exc
+
+
+def _retryable(exc: BaseException) -> bool:
+    """A transaction the server aborted to resolve a conflict: rerunning it is safe."""
+    cause = _driver_error(exc)
+    if getattr(cause, "pgcode", None) in _PG_RETRY_CODES:
+        return True
+    code = cause.args[0] if cause.args else None
+    return isinstance(exc, peewee.OperationalError) and code in _MYSQL_RETRY_CODES
+
+
+def _check_storable(workspace_id: str, item: Any) -> None:
+    """Refuse what one of the supported engines cannot store, so that all behave alike."""
+    values = {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
+    values["workspace_id"] = workspace_id
+    for name, value in values.items():
+        if isinstance(value, str) and "\x00" in value:  # PostgreSQL text cannot hold NUL
+            raise BadRequest(f"{name} must not contain the NUL character", field=name)
+        if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
+            raise BadRequest(f"{name} is out of range", field=name)
+
+
+def _storable(text: str) -> bool:
+    return "\x00" not in text
+
+
+def _build_models(db: peewee.Database, table_prefix: str) -> Tuple[Type[peewee.Model], ...]:
+    """Model classes bound to this store's database, so several stores can coexist.
+
+    Integers that come from devices are BIGINT (SQLite's INTEGER is 64-bit already). On MySQL,
+    timestamps are DATETIME(6) and raw_json LONGTEXT, and the tables get a binary collation
+    (chosen in ``_ensure_schema``) so that fingerprints are case-sensitive there too.
+    """
+    mysql = isinstance(db, peewee.MySQLDatabase)
+    DateTimeField = _MySQLDateTimeField if mysql else peewee.DateTimeField
+    TextField = _MySQLLongTextField if mysql else peewee.TextField
+
+    class Base(peewee.Model):
+        class Meta:
+            database = db
+            # Index names start with the table name, so stores with different prefixes can
+            # share one PostgreSQL schema or SQLite file (their index names are per schema).
+            legacy_table_names = False
+
+    class SchemaInfo(Base):
+        version = peewee.IntegerField()
+
+        class Meta:
+            table_name = f"{table_prefix}schema"
+
+    class MediaRow(Base):
+        # Upserts that hit an existing row still consume an id on PostgreSQL and MySQL.
+        id = peewee.BigAutoField()
+        workspace_id = peewee.CharField(max_length=64)
+        fingerprint = peewee.CharField(max_length=64)
+        tiny_fingerprint = peewee.CharField(max_length=128, null=True)
+        object_key = peewee.CharField(max_length=1024)
+        name = peewee.CharField(max_length=255, null=True)
+        path = peewee.CharField(max_length=1024, null=True)
+        sub_file_type = peewee.BigIntegerField(null=True)
+        file_group_id = peewee.CharField(max_length=128, null=True)
+        drone_model_key = peewee.CharField(max_length=128, null=True)
+        payload_model_key = peewee.CharField(max_length=128, null=True)
+        is_original = peewee.BooleanField(null=True)
+        sn = peewee.CharField(max_length=128, null=True)
+        gimbal_yaw_degree = peewee.DoubleField(null=True)
+        absolute_altitude = peewee.DoubleField(null=True)
+        relative_altitude = peewee.DoubleField(null=True)
+        created_time = DateTimeField(null=True)  # UTC
+        created_time_text = peewee.CharField(max_length=64, null=True)  # as the device sent it
+        shoot_lat = peewee.DoubleField(null=True)
+        shoot_lng = peewee.DoubleField(null=True)
+        raw_json = TextField()
+        revision = peewee.IntegerField(default=1)
+        verified_at = DateTimeField(null=True)  # UTC; storage last confirmed the object
+        created_at = DateTimeField()  # UTC
+        updated_at = DateTimeField()  # UTC
+
+        class Meta:
+            table_name = f"{table_prefix}media_file"
+            indexes = (
+                (("workspace_id", "fingerprint"), True),
+                (("workspace_id", "tiny_fingerprint"), False),
+            )
+
+    class GroupRow(Base):
+        workspace_id = peewee.CharField(max_length=64)
+        file_group_id = peewee.CharField(max_length=128)
+        file_count = peewee.BigIntegerField()
+        file_uploaded_count = peewee.BigIntegerField()
+        updated_at = DateTimeField()  # UTC
+
+        class Meta:
+            table_name = f"{table_prefix}file_group"
+            indexes = ((("workspace_id", "file_group_id"), True),)
+
+    return SchemaInfo, MediaRow, GroupRow
