@@ -476,6 +476,10 @@ async def test_restart_nobody_saw_costs_no_request(call, store, objects, forward
     timed = Timed(call)
     bodies = [callback_body(new_fingerprint()) for _ in range(2 * WORKERS)]
     assert all(await asyncio.gather(*(acknowledge(timed, body) for body in bodies)))
+    # Writes share one thread; concurrent lookups run on the others and fill the pool.
+    lookups = await asyncio.gather(*(timed(f"{MEDIA}/files/tiny-fingerprints", {"tiny_fingerprints": ["t_1"]})
+                                     for _ in range(4 * WORKERS)))
+    assert {status for status, _, _ in lookups} == {200}
     pooled = len(store.db._connections)
     assert pooled >= 2, pooled  # several connections wait in the pool, all about to die
 

@@ -22,6 +22,9 @@ from .lifecycle import InFlight
 
 log = logging.getLogger("dji_media.web")
 
+# Built once: json.dumps with options other than the defaults builds an encoder per call.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
 # The one table from domain errors to HTTP status. The envelope's code repeats the status, so
 # a client that only reads the body still tells a bad request from an outage.
 ERROR_STATUS = (
@@ -51,7 +54,7 @@ class EnvelopeMixin:
     def reply(self: Any, status: int, body: Dict[str, Any]) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
+        self.finish(_JSON.encode(body))
 
     def write_error(self: Any, status_code: int, **kwargs: Any) -> None:
         # Reached for Tornado's HTTPErrors (404, 405, ...) and for unexpected exceptions, which
