@@ -8,10 +8,15 @@ event loop: implementations run it in an executor or use a native async client.
 from __future__ import annotations
 
 import abc
+import asyncio
 import datetime as _dt
-from typing import List, Optional, Sequence
+import logging
+from typing import Dict, List, Optional, Sequence
 
+from .errors import StorageUnavailable
 from .values import FileGroup, GroupReport, Identity, MediaFile, MediaRecord, StorageGrant
+
+log = logging.getLogger("dji_media.storage")
 
 
 class _Closable:
@@ -86,6 +91,33 @@ class ObjectStore(_Closable, abc.ABC):
         ``StorageUnavailable``: it says nothing about the object and must never be taken for
         "gone".
         """
+
+    async def exists_many(self, object_keys: Sequence[str], *, concurrency: int = 16) -> Dict[str, bool]:
+        """``exists`` for many keys: each key storage answered, mapped to True or False.
+
+        A key storage could not answer is left out (unknown), never reported False. Once one
+        check has failed the checks not yet started are left out too, so an outage costs one
+        timeout rather than one per key. The default asks ``exists`` for each distinct key, at
+        most ``concurrency`` at a time; a backend may answer many keys per request instead.
+        """
+        limit = asyncio.Semaphore(concurrency)
+        failed = asyncio.Event()
+        answers: Dict[str, bool] = {}
+
+        async def check(key: str) -> None:
+            async with limit:
+                if failed.is_set():
+                    return
+                try:
+                    answers[key] = await self.exists(key)
+                except StorageUnavailable as exc:
+                    if not failed.is_set():
+                        log.warning("storage could not answer for %r (%s); the checks not yet "
+                                    "started are skipped", key, exc.message)
+                    failed.set()
+
+        await asyncio.gather(*(check(k) for k in dict.fromkeys(object_keys)))
+        return answers
 
     async def ping(self) -> None:
         """Prove the bucket can be reached; raise ``StorageUnavailable`` if not."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .errors import BadRequest, StorageUnavailable, Unavailable
@@ -27,6 +28,25 @@ from .values import (
 )
 
 log = logging.getLogger("dji_media.service")
+
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_object_key_form(key: str) -> None:
+    """The shape every stored object key must have, wherever it comes from (a device's
+    upload-callback, an import): raise ``BadRequest`` naming ``object_key`` if it is not.
+
+    Object keys are stored as data and never used as file system paths, but a relative key of
+    plain segments is the only kind a device uploads under a workspace's prefix.
+    """
+    if len(key) > MAX_OBJECT_KEY:
+        raise BadRequest(f"object_key is longer than {MAX_OBJECT_KEY} characters", field="object_key")
+    if key.startswith("/") or _CONTROL_CHARACTER.search(key):
+        raise BadRequest("object_key must be a relative key without control characters",
+                         field="object_key")
+    segments = key.split("/")
+    if any(s in ("", ".", "..") for s in segments):
+        raise BadRequest("object_key must not contain empty, '.' or '..' segments", field="object_key")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,20 +131,26 @@ class MediaService:
         # Records confirmed within the window need no storage check and no task of their own.
         present = {r.file.tiny_fingerprint for r in records if self._recently_verified(r)}
         records = [r for r in records if r.file.tiny_fingerprint not in present]
+        # Keys storage cannot answer are left out: "unknown", so the device uploads again and
+        # the record is kept. After a first failure the rest are not asked (one timeout, not
+        # one per file).
+        answers = await self.object_store.exists_many([r.file.object_key for r in records],
+                                                      concurrency=self.verify_concurrency)
+        confirmed = [r for r in records if answers.get(r.file.object_key)]
+        gone = [r for r in records if answers.get(r.file.object_key) is False]
+        unknown = len(records) - len(confirmed) - len(gone)
+        if unknown:
+            log.warning("storage could not confirm %d of %d object(s); answering unknown, records kept",
+                        unknown, len(records))
         limit = asyncio.Semaphore(self.verify_concurrency)
-        # Once storage has failed to answer in this request, the checks not yet started are
-        # answered "unknown" at once: an outage costs one storage timeout, not one per file.
-        outage = asyncio.Event()
 
-        async def check(record: MediaRecord) -> Tuple[MediaRecord, bool, bool]:
+        async def forget(record: MediaRecord) -> None:
             async with limit:
-                if outage.is_set():
-                    return record, False, False
-                return (record, *await self._verify(record, outage))
+                await self._forget_stale(record)
 
-        verdicts = await asyncio.gather(*(check(r) for r in records))
-        await self._remember([r for r, _, fresh in verdicts if fresh])
-        present.update(r.file.tiny_fingerprint for r, ok, _ in verdicts if ok)
+        await asyncio.gather(*(forget(r) for r in gone))
+        await self._remember(confirmed)
+        present.update(r.file.tiny_fingerprint for r in confirmed)
         return [t for t in wanted if t in present]
 
     async def issue_credentials(self, workspace_id: str) -> Tuple[StorageGrant, int]:
@@ -172,7 +198,7 @@ class MediaService:
 
     # ------------------------------------------------------------------------- helpers
 
-    async def _verify(self, record: MediaRecord, outage: Optional[asyncio.Event] = None) -> Tuple[bool, bool]:
+    async def _verify(self, record: MediaRecord) -> Tuple[bool, bool]:
         """Whether the record's object is in storage (protocol.md section 4), and whether that
         was freshly confirmed by storage (and so is worth remembering).
 
@@ -185,18 +211,20 @@ class MediaService:
         try:
             present = await self.object_store.exists(record.file.object_key)
         except StorageUnavailable as exc:
-            if outage is not None:
-                outage.set()
             log.warning("storage could not confirm %r (%s); answering unknown, record kept",
                         record.file.object_key, exc.message)
             return False, False
         if not present:
-            removed = await self.media_store.forget(record)
-            # %r: client-supplied strings are logged escaped, so they cannot forge log lines.
-            log.info("object %r is gone from storage; stale record of %s/%r %s",
-                     record.file.object_key, record.workspace_id, record.file.fingerprint,
-                     "removed" if removed else "was rewritten meanwhile and kept")
+            await self._forget_stale(record)
         return present, present
+
+    async def _forget_stale(self, record: MediaRecord) -> None:
+        """Storage said 404: the row is stale, unless it was rewritten since it was read."""
+        removed = await self.media_store.forget(record)
+        # %r: client-supplied strings are logged escaped, so they cannot forge log lines.
+        log.info("object %r is gone from storage; stale record of %s/%r %s",
+                 record.file.object_key, record.workspace_id, record.file.fingerprint,
+                 "removed" if removed else "was rewritten meanwhile and kept")
 
     def _recently_verified(self, record: MediaRecord) -> bool:
         if not self.verify_window or record.verified_at is None:
@@ -214,16 +242,8 @@ class MediaService:
             log.warning("could not record %d storage confirmation(s): %s", len(confirmed), exc.message)
 
     def _check_object_key(self, workspace_id: str, key: str) -> None:
-        # Object keys are stored as data and never used as file system paths, but a key outside
-        # the workspace's prefix would let one workspace claim another's objects.
-        if len(key) > MAX_OBJECT_KEY:
-            raise BadRequest(f"object_key is longer than {MAX_OBJECT_KEY} characters", field="object_key")
-        if key.startswith("/") or any(ord(c) < 32 or ord(c) == 127 for c in key):
-            raise BadRequest("object_key must be a relative key without control characters",
-                             field="object_key")
-        segments = key.split("/")
-        if any(s in ("", ".", "..") for s in segments):
-            raise BadRequest("object_key must not contain empty, '.' or '..' segments", field="object_key")
+        # A key outside the workspace's prefix would let one workspace claim another's objects.
+        check_object_key_form(key)
         if self.enforce_key_prefix:
             prefix = self.credentials.object_key_prefix(workspace_id).rstrip("/") + "/"
             if not key.startswith(prefix):

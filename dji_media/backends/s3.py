@@ -1,4 +1,4 @@
-"""Object storage backends on minio-py: object checks (HEAD) and STS AssumeRole credentials.
+"""Object storage backends on minio-py: object checks (HEAD, listings) and STS AssumeRole credentials.
 
 Only standard S3 and STS calls are used, so the same code serves MinIO, AWS S3 and SeaweedFS.
 minio-py is synchronous; every call runs in a bounded thread pool.
@@ -9,7 +9,7 @@ import asyncio
 import datetime as _dt
 import json
 import logging
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import urllib3
@@ -21,6 +21,7 @@ from ..errors import StorageUnavailable
 from ..interfaces import MIN_CREDENTIAL_SECONDS, CredentialProvider, ObjectStore
 from ..values import StorageGrant, UploadCredentials, utc_now
 from ._blocking import BlockingRunner
+from .s3_listing import group_by_directory, list_directory
 
 log = logging.getLogger("dji_media.s3")
 
@@ -95,6 +96,7 @@ class MinioObjectStore(ObjectStore):
             http_client=http_client(timeout=timeout, retries=retries),
         )
         self._runner = BlockingRunner(executor=executor, max_workers=max_workers, name="dji-s3")
+        self._warned_list_denied = False
 
     def _head(self, object_key: str) -> bool:
         try:
@@ -119,6 +121,45 @@ class MinioObjectStore(ObjectStore):
 
     async def exists(self, object_key: str) -> bool:
         return await self._runner.run(self._guarded, self._head, object_key)
+
+    async def exists_many(self, object_keys: Sequence[str], *, concurrency: int = 16) -> Dict[str, bool]:
+        """Keys that share a directory are answered by listing it (see ``s3_listing``), the
+        others by HEAD. A 500-key tiny-fingerprints check costs a few listings, not 500 HEADs."""
+        listed, single = group_by_directory(list(dict.fromkeys(object_keys)))
+        answers: Dict[str, bool] = {}
+        failures: List[StorageUnavailable] = []
+
+        async def listing(directory: str, members: List[str]) -> List[str]:
+            try:
+                found, rest = await self._runner.run(self._guarded, self._list, directory, members)
+            except StorageUnavailable as exc:
+                failures.append(exc)
+                return []
+            answers.update(found)
+            return rest
+
+        rests = await asyncio.gather(*(listing(d, m) for d, m in listed.items()))
+        if failures:  # storage is not answering: the HEADs would only wait for it too
+            log.warning("storage could not list %d director(ies) (%s); %d key(s) left unknown",
+                        len(failures), failures[0].message, len(object_keys) - len(answers))
+            return answers
+        heads = single + [key for rest in rests for key in rest]
+        if heads:
+            answers.update(await super().exists_many(heads, concurrency=concurrency))
+        return answers
+
+    def _list(self, directory: str, keys: List[str]) -> Tuple[Dict[str, bool], List[str]]:
+        try:
+            return list_directory(self._client, self.bucket, directory, keys)
+        except S3Error as exc:
+            if exc.code != "AccessDenied":
+                raise
+            # An identity allowed to HEAD but not to list: still correct, one HEAD per key.
+            if not self._warned_list_denied:
+                self._warned_list_denied = True
+                log.warning("storage refused to list %r (AccessDenied); checking objects one by one. "
+                            "Grant s3:ListBucket on the bucket to this server's identity.", directory)
+            return {}, keys
 
     async def ping(self) -> None:
         def check() -> None:

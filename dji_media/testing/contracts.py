@@ -180,11 +180,27 @@ class ObjectStoreContract:
         assert await object_store.exists(key) is False
 
     @pytest.mark.gen_test
+    async def test_exists_many_answers_each_key(self, object_store, put_object):
+        folder = f"media/ws/{uuid.uuid4().hex}/"
+        present = [f"{folder}DJI_{i:04d}.JPG" for i in range(0, 24, 2)]
+        for key in present:
+            put_object(key)
+        alone = f"media/ws/{uuid.uuid4().hex}.jpg"
+        put_object(alone)
+        keys = [f"{folder}DJI_{i:04d}.JPG" for i in range(24)] + [alone, alone + ".gone", present[0]]
+        answers = await object_store.exists_many(keys, concurrency=4)
+        assert answers == {k: k in present or k == alone for k in keys}
+
+    @pytest.mark.gen_test
     async def test_unreachable_is_an_error_not_gone(self, unreachable_object_store):
         with pytest.raises(StorageUnavailable):
             await unreachable_object_store.exists("media/ws/any.jpg")
         with pytest.raises(StorageUnavailable):
             await unreachable_object_store.ping()
+        # Many keys: each one unknown (left out), none reported gone.
+        keys = [f"media/ws/f/{i}.jpg" for i in range(20)] + ["media/ws/g.jpg"]
+        assert await unreachable_object_store.exists_many(keys) == {}
+
 
     @pytest.mark.gen_test
     async def test_ping(self, object_store):
