@@ -245,9 +245,13 @@ def parse_upload_callback(body: bytes) -> UploadReport:
     return UploadReport(result=result, file=media)
 
 
+# Built once: json.dumps with options other than the defaults builds an encoder on every call.
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _encode_raw(obj: Dict[str, Any]) -> str:
     try:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+        return _COMPACT_JSON.encode(obj)
     except RecursionError:  # decodable but too deep to re-encode: refuse rather than fail
         raise BadRequest("request body is nested too deeply", field="body") from None
 
