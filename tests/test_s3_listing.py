@@ -6,10 +6,10 @@ import time
 import uuid
 
 import pytest
-from support import free_port, s3_options
 
 from dji_media.backends import s3_listing
 from dji_media.backends.s3 import MinioObjectStore
+from support import free_port, s3_options
 
 # Names chosen to test that S3's byte order and Python's string order agree.
 NAMES = ["A.JPG", "Z.jpg", "a.jpg", "a_1.jpg", "a~.jpg", "b.MP4", "é.jpg", "ü-2.jpg", "中.jpg", "z.jpg",
