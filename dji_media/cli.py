@@ -1,4 +1,4 @@
-"""The ``dji-media`` command: ``serve`` and ``check``."""
+"""The ``dji-media`` command: ``serve``, ``check`` and ``migrate``."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +46,39 @@ async def _check(config) -> int:
     return 1 if failures else 0
 
 
+async def _migrate(config, dry_run: bool) -> int:
+    """Upgrade the configured database's schema in place; one line per step."""
+    from .wiring import describe_database
+
+    store = None
+    try:
+        store = config.media_store.build()
+        print(f"database: {describe_database(config) or config.media_store.cls.__name__}")
+        plan = await store.migrate(dry_run=True)
+        if plan.target is None:
+            print(f"{type(store).__name__} keeps no versioned schema: nothing to migrate")
+            return 0
+        found = "none yet" if plan.found is None else f"version {plan.found}"
+        print(f"schema: {found}; this dji_media works with version {plan.target}")
+        if not plan.steps:
+            print("up to date: nothing to do")
+            return 0
+        if dry_run:
+            for line in plan.steps:
+                print(f"  {line}")
+            print("dry run: nothing was changed")
+            return 0
+        done = await store.migrate(progress=lambda line: print(f"  {line}", flush=True))
+        print(f"migrated: schema version {done.target}" if done.steps else "up to date: nothing to do")
+        return 0
+    except DjiMediaError as exc:
+        print(f"dji-media: migrate failed: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        if store is not None:
+            await store.close()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="dji-media", description="DJI Pilot 2 media back end")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +86,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                        "and reach the database and the storage")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--config", "-c", required=True, help="YAML configuration file")
+    sub = commands.add_parser("migrate", help="upgrade the configured database's schema in place to the version "
+                              "this release works with (doc/operations.md)")
+    sub.add_argument("--config", "-c", required=True, help="YAML configuration file (names the database)")
+    sub.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
     args = parser.parse_args(argv)
 
     try:
@@ -65,6 +102,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "check":
             return asyncio.run(_check(config))
+        if args.command == "migrate":
+            return asyncio.run(_migrate(config, dry_run=args.dry_run))
         from .server import serve
 
         asyncio.run(serve(config))

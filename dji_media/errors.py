@@ -7,7 +7,8 @@
     ├── Forbidden               valid token, but not for this workspace (HTTP 403)
     ├── Unavailable             a dependency could not answer; retry later (HTTP 503)
     │   ├── StorageUnavailable  object storage or STS could not be asked
-    │   └── DatabaseUnavailable the metadata database could not be read or written
+    │   ├── DatabaseUnavailable the metadata database could not be read or written
+    │   └── SchemaMismatch      the database's schema is older or newer than this release's
     └── ConfigError             the configuration is wrong; names the key
 
 Backends raise these and nothing else for the failures they expect; the web layer maps them to
@@ -60,6 +61,23 @@ class StorageUnavailable(Unavailable):
 
 class DatabaseUnavailable(Unavailable):
     """The metadata database could not be opened, read or written."""
+
+
+class SchemaMismatch(Unavailable):
+    """The database's schema version is not the one this release works with. The store does
+    nothing with it until ``dji-media migrate`` upgraded it (or dji_media was upgraded, for a
+    newer schema); the message says which. ``found`` and ``needed`` are the versions."""
+
+    def __init__(self, found: int, needed: int) -> None:
+        if found < needed:
+            message = (f"database schema is version {found}, this dji_media needs {needed}: "
+                       "run `dji-media migrate --config <file>`")
+        else:
+            message = (f"database schema is version {found}, newer than this dji_media understands "
+                       f"({needed}): upgrade dji_media")
+        super().__init__(message)
+        self.found = found
+        self.needed = needed
 
 
 class ConfigError(DjiMediaError):

@@ -11,10 +11,10 @@ import abc
 import asyncio
 import datetime as _dt
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from .errors import StorageUnavailable
-from .values import FileGroup, GroupReport, Identity, MediaFile, MediaRecord, StorageGrant
+from .values import FileGroup, GroupReport, Identity, MediaFile, MediaRecord, SchemaMigration, StorageGrant
 
 log = logging.getLogger("dji_media.storage")
 
@@ -78,6 +78,20 @@ class MediaStore(_Closable, abc.ABC):
 
     async def ping(self) -> None:
         """Prove the database can be read and written; raise ``DatabaseUnavailable`` if not."""
+
+    async def migrate(self, dry_run: bool = False,
+                      progress: Optional[Callable[[str], None]] = None) -> SchemaMigration:
+        """Bring the database's schema to the version this release works with, in place
+        (``dji-media migrate``); with ``dry_run``, change nothing and report what would be done.
+
+        ``progress`` is called with each step's line as it starts (from a worker thread). Safe to
+        run again, and alongside servers of this release. Raises ``SchemaMismatch`` for a schema
+        newer than this release understands, ``DatabaseUnavailable`` when a step fails (naming
+        the cause; what committed stays, and running it again continues). Every method of a
+        store whose database is at another version raises ``SchemaMismatch``. The default, for
+        a store without a versioned schema (in memory, say), has nothing to do.
+        """
+        return SchemaMigration(found=None, target=None, dry_run=dry_run)
 
 
 class ObjectStore(_Closable, abc.ABC):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-from typing import Optional
+from typing import Optional, Tuple
 
 
 def utc_now() -> _dt.datetime:
@@ -60,6 +60,9 @@ class MediaFile:
     shoot_lat: Optional[float] = None
     shoot_lng: Optional[float] = None
     raw_json: str = "{}"
+    # The mission (job) the file belongs to, when a source knows it (DJI's demo server stores
+    # it; Pilot 2's callbacks do not carry it). A write without one keeps the stored one.
+    job_id: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +105,21 @@ class FileGroup:
     file_count: int
     file_uploaded_count: int
     updated_at: _dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class SchemaMigration:
+    """What ``MediaStore.migrate`` found and did (or, in a dry run, would do).
+
+    ``found`` is the database's schema version before (None: no schema there yet), ``target``
+    the version this release works with (None for a store without a versioned schema), and
+    ``steps`` one line per change, in order: empty when the database was already at ``target``.
+    """
+
+    found: Optional[int]
+    target: Optional[int]
+    steps: Tuple[str, ...] = ()
+    dry_run: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,6 +36,8 @@ class InMemoryMediaStore(MediaStore):
         key = (workspace_id, file.fingerprint)
         now = utc_now()
         old = self._records.get(key)
+        if old is not None and file.job_id is None and old.file.job_id is not None:
+            file = dataclasses.replace(file, job_id=old.file.job_id)  # callbacks do not carry it
         record = MediaRecord(
             workspace_id=workspace_id,
             file=file,

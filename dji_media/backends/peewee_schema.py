@@ -14,13 +14,15 @@ from urllib.parse import urlparse
 import peewee
 from playhouse.db_url import connect as connect_url
 from playhouse.db_url import parse as parse_url
+from playhouse.migrate import make_index_name
 from playhouse.pool import PooledMySQLDatabase, PooledPostgresqlDatabase
 
 from ..errors import BadRequest
 
 log = logging.getLogger("dji_media.peewee")
 
-SCHEMA_VERSION = 1
+# The version of the tables below; ``peewee_migrations`` upgrades older databases to it.
+SCHEMA_VERSION = 2
 # SQLite allows 999 parameters per statement in old builds; stay well below.
 QUERY_CHUNK = 500
 # URL schemes given a connection pool of max_workers connections (playhouse's "+pool" schemes
@@ -46,13 +48,22 @@ _MYSQL_RETRY_CODES = (1213, 1020)  # deadlock; MariaDB: record changed since las
 # keys, as on SQLite and PostgreSQL. MariaDB >= 10.2 has the first, MySQL 8 the second.
 _MYSQL_COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin")
 _INT64 = range(-2**63, 2**63)
+# MySQL limits an index key to 3072 bytes (767 per column in the older row formats) and a
+# 1024-character utf8mb4 object_key takes up to 4096: the (workspace_id, object_key) index holds
+# the first 191 characters (764 bytes), which still tell one workspace's keys apart.
+MYSQL_OBJECT_KEY_PREFIX = 191
 
 _MEDIA_FIELDS = (
     "tiny_fingerprint", "object_key", "name", "path", "sub_file_type", "file_group_id",
     "drone_model_key", "payload_model_key", "is_original", "sn", "gimbal_yaw_degree",
     "absolute_altitude", "relative_altitude", "created_time", "created_time_text", "shoot_lat",
-    "shoot_lng", "raw_json",
+    "shoot_lng", "raw_json", "job_id",
 )
+
+
+def object_key_index_name(media_table: str) -> str:
+    """The (workspace_id, object_key) index's name, as peewee names an index of those columns."""
+    return make_index_name(media_table, ("workspace_id", "object_key"))
 
 
 def _describe(exc: BaseException) -> str:
@@ -226,6 +237,8 @@ def _build_models(db: peewee.Database, table_prefix: str) -> Tuple[Type[peewee.M
         verified_at = DateTimeField(null=True)  # UTC; storage last confirmed the object
         created_at = DateTimeField()  # UTC
         updated_at = DateTimeField()  # UTC
+        # Version 2. Last, so a new table has the same column order as a migrated one.
+        job_id = peewee.CharField(max_length=128, null=True)
 
         class Meta:
             table_name = f"{table_prefix}media_file"
@@ -233,6 +246,11 @@ def _build_models(db: peewee.Database, table_prefix: str) -> Tuple[Type[peewee.M
                 (("workspace_id", "fingerprint"), True),
                 (("workspace_id", "tiny_fingerprint"), False),
             )
+
+    # Version 2: docks name files by object key (protocol.md section 6).
+    MediaRow.add_index(MediaRow.index(
+        MediaRow.workspace_id, peewee.SQL(f"`object_key`({MYSQL_OBJECT_KEY_PREFIX})") if mysql else MediaRow.object_key,
+        name=object_key_index_name(MediaRow._meta.table_name)))
 
     class GroupRow(Base):
         workspace_id = peewee.CharField(max_length=64)

@@ -26,16 +26,16 @@ from playhouse.pool import (
 
 from ..errors import DatabaseUnavailable
 from ..interfaces import MediaStore
-from ..values import FileGroup, GroupReport, MediaFile, MediaRecord, utc_now
+from ..values import FileGroup, GroupReport, MediaFile, MediaRecord, SchemaMigration, utc_now
 from ._batching import ReadBatcher, WriteBatcher
 from ._blocking import BlockingRunner
+from .peewee_migrations import SchemaVersions
 from .peewee_schema import (  # noqa: F401 - open_database and _build_models are used by tests too
     _MEDIA_FIELDS,
     _MYSQL_COLLATIONS,
     CONFLICT_ATTEMPTS,
     POOL_WAIT_SECONDS,
     QUERY_CHUNK,
-    SCHEMA_VERSION,
     _aware_utc,
     _build_models,
     _check_storable,
@@ -89,6 +89,8 @@ class PeeweeMediaStore(MediaStore):
         self._pooled = isinstance(self.db, PooledDatabase) and not isinstance(self.db, peewee.SqliteDatabase)
         self._schema, self._media, self._group = _build_models(self.db, table_prefix)
         self._create_tables = create_tables
+        self._versions = SchemaVersions(self.db, (self._schema, self._media, self._group), table_prefix,
+                                        self._mysql_collation)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._runner = BlockingRunner(executor=executor, max_workers=max_workers, name="dji-db")
@@ -107,20 +109,16 @@ class PeeweeMediaStore(MediaStore):
     # ----------------------------------------------------------------- unit of work
 
     def _ensure_schema(self) -> None:
-        if self._schema_ready or not self._create_tables:
+        """Before the first unit of work: create the tables on an empty database, or raise
+        ``SchemaMismatch`` (not a database error: it passes through ``_work`` as it is) for a
+        database at another version. A refusal is not remembered: once ``dji-media migrate``
+        has run, the next unit of work goes ahead."""
+        if self._schema_ready:
             return
         with self._schema_lock:
             if self._schema_ready:
                 return
-            models = [self._schema, self._media, self._group]
-            if isinstance(self.db, peewee.MySQLDatabase):
-                settings = ["ENGINE=InnoDB", "DEFAULT CHARSET=utf8mb4", f"COLLATE={self._mysql_collation()}"]
-                for model in models:
-                    model._meta.table_settings = settings
-            with self.db.atomic():
-                self.db.create_tables(models, safe=True)
-                if not self._schema.select().exists():
-                    self._schema.create(version=SCHEMA_VERSION)
+            self._versions.ensure(create=self._create_tables)
             self._schema_ready = True
 
     def _mysql_collation(self) -> str:
@@ -353,6 +351,30 @@ class PeeweeMediaStore(MediaStore):
             s.update(version=s.version).execute()
 
         await self._write(touch)
+
+    async def migrate(self, dry_run: bool = False,
+                      progress: Optional[Callable[[str], None]] = None) -> SchemaMigration:
+        def run() -> SchemaMigration:
+            try:
+                if self.db.connect(reuse_if_open=True) and not self._pooled:
+                    with self._connections_lock:
+                        self._connections.add(self.db.connection())
+                return self._versions.migrate(dry_run=dry_run, create=self._create_tables, progress=progress)
+            except (peewee.DatabaseError, peewee.InterfaceError, OSError, MaxConnectionsExceeded) as exc:
+                # Reading the version, or connecting: a failed step is reported by migrate().
+                self._drop_connection()
+                log.error("database error: %s", _describe(exc))
+                raise DatabaseUnavailable(f"the media database is unavailable: {_describe(exc).splitlines()[0]}") \
+                    from exc
+            finally:
+                self._release_connection()
+
+        try:
+            return await self._runner.run(run)
+        finally:
+            # Checked again by the next unit of work. (Not under _schema_lock: a thread may hold
+            # it while it waits for the database, and this runs on the event loop.)
+            self._schema_ready = False
 
     async def close(self) -> None:
         # Each waits for its running work; no thread uses a connection after this.

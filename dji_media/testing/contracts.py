@@ -75,6 +75,19 @@ class MediaStoreContract:
         assert (await media_store.get("ws", "ABC")).file == file
 
     @pytest.mark.gen_test
+    async def test_job_id_round_trips(self, media_store):
+        file = sample_file("J1", job_id="a1b2c3d4-mission-\u822a\u62cd")
+        assert (await media_store.upsert("ws", file)).file.job_id == file.job_id
+        assert (await media_store.get("ws", "J1")).file == file
+        assert (await media_store.upsert("ws", sample_file("J2"))).file.job_id is None
+        # A callback for the same file carries no job id: the stored one stays; a new one wins.
+        again = await media_store.upsert("ws", sample_file("J1", name="again.jpg"))
+        assert (again.revision, again.file.name, again.file.job_id) == (2, "again.jpg", file.job_id)
+        assert (await media_store.get("ws", "J1")).file.job_id == file.job_id
+        moved = await media_store.upsert("ws", sample_file("J1", job_id="other-job"))
+        assert moved.file.job_id == "other-job"
+
+    @pytest.mark.gen_test
     async def test_workspaces_are_separate(self, media_store):
         await media_store.upsert("ws-a", sample_file("F1"))
         assert await media_store.get("ws-b", "F1") is None
