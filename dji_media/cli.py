@@ -1,4 +1,4 @@
-"""The ``dji-media`` command: ``serve``, ``check`` and ``migrate``."""
+"""The ``dji-media`` command: ``serve``, ``check``, ``import`` and ``migrate``."""
 from __future__ import annotations
 
 import argparse
@@ -86,6 +86,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                        "and reach the database and the storage")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--config", "-c", required=True, help="YAML configuration file")
+    sub = commands.add_parser("import", help="copy media records from another server's database into the "
+                              "configured store (doc/importing.md)")
+    sub.add_argument("--config", "-c", required=True, help="YAML configuration file (names the target store)")
+    sub.add_argument("--source", required=True, metavar="URL",
+                     help="mysql://user:password@host/db (DJI's demo server) or sqlite:///path/to/file")
+    sub.add_argument("--source-table", metavar="NAME",
+                     help="source table (default: media_file for mysql://, media_files for sqlite://)")
+    sub.add_argument("--workspace", action="append", default=[], metavar="WS",
+                     help="import only this workspace (repeatable)")
+    sub.add_argument("--dry-run", action="store_true", help="read and check everything, write nothing")
+    sub.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     sub = commands.add_parser("migrate", help="upgrade the configured database's schema in place to the version "
                               "this release works with (doc/operations.md)")
     sub.add_argument("--config", "-c", required=True, help="YAML configuration file (names the database)")
@@ -104,6 +115,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             return asyncio.run(_check(config))
         if args.command == "migrate":
             return asyncio.run(_migrate(config, dry_run=args.dry_run))
+        if args.command == "import":
+            from .importer.command import import_command
+
+            return asyncio.run(import_command(
+                config, source_url=args.source, source_table=args.source_table, workspaces=args.workspace,
+                dry_run=args.dry_run, quiet=args.quiet))
         from .server import serve
 
         asyncio.run(serve(config))

@@ -68,6 +68,20 @@ class MediaStore(_Closable, abc.ABC):
         only means every check asks storage again.
         """
 
+    async def insert_missing(self, records: Sequence[MediaRecord]) -> List[bool]:
+        """Store each record whose (workspace, fingerprint) is absent, exactly as given
+        (``revision``, ``created_at``, ``updated_at`` and ``verified_at`` included), and return,
+        in order, whether each was inserted. For imports: a stored record is never changed (no
+        revision bump), so running the same records again inserts nothing.
+
+        Of several records with one key, only the first can be inserted. A record another
+        writer stores meanwhile is reported not inserted and left as that writer made it.
+        Raises ``BadRequest`` before writing anything if a record cannot be stored (as
+        ``upsert`` does). Must not cost a round trip per record: a few statements per batch.
+        The default raises ``NotImplementedError``: a store without it cannot be imported into.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not support insert_missing (imports)")
+
     @abc.abstractmethod
     async def save_group(self, workspace_id: str, report: GroupReport) -> FileGroup:
         """Insert or replace the totals of (workspace, report.file_group_id); latest wins."""

@@ -39,8 +39,10 @@ def check_object_key_form(key: str) -> None:
     Object keys are stored as data and never used as file system paths, but a relative key of
     plain segments is the only kind a device uploads under a workspace's prefix.
     """
-    if len(key) > MAX_OBJECT_KEY:
-        raise BadRequest(f"object_key is longer than {MAX_OBJECT_KEY} characters", field="object_key")
+    # S3 caps keys at 1024 bytes of UTF-8 (and PostgreSQL's index at about 2,700): a key of
+    # 1024 characters of Chinese (3 bytes each) is one no storage accepts.
+    if len(key) > MAX_OBJECT_KEY or len(key.encode("utf-8", "surrogatepass")) > MAX_OBJECT_KEY:
+        raise BadRequest(f"object_key is longer than {MAX_OBJECT_KEY} bytes (UTF-8)", field="object_key")
     if key.startswith("/") or _CONTROL_CHARACTER.search(key):
         raise BadRequest("object_key must be a relative key without control characters",
                          field="object_key")

@@ -40,6 +40,8 @@ async def test_overlong_strings_name_the_field(call):
         ({"fingerprint": "F", "name": "n" * (MAX_NAME + 1)}, "fast-upload", "name"),
         ({"fingerprint": "F", "ext": {"tinny_fingerprint": "t" * 129}}, "fast-upload", "ext.tinny_fingerprint"),
         ({"fingerprint": "F", "object_key": "media/ws-a/" + "k" * MAX_OBJECT_KEY}, "upload-callback", "object_key"),
+        # 400 characters, 1,200 bytes of UTF-8: more than any S3 accepts.
+        ({"fingerprint": "F", "object_key": "media/ws-a/" + "航" * 400}, "upload-callback", "object_key"),
         ({"tiny_fingerprints": ["t"] * (MAX_TINY_FINGERPRINTS + 1)}, "files/tiny-fingerprints", "tiny_fingerprints"),
     ]
     for body, path, field in cases:

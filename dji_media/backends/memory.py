@@ -63,6 +63,14 @@ class InMemoryMediaStore(MediaStore):
         del self._records[key]
         return True
 
+    async def insert_missing(self, records: Sequence[MediaRecord]) -> List[bool]:
+        inserted = []
+        for record in records:
+            key = (record.workspace_id, record.file.fingerprint)
+            inserted.append(key not in self._records)
+            self._records.setdefault(key, record)
+        return inserted
+
     async def save_group(self, workspace_id: str, report: GroupReport) -> FileGroup:
         group = FileGroup(
             workspace_id=workspace_id,

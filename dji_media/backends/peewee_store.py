@@ -343,6 +343,95 @@ class PeeweeMediaStore(MediaStore):
             return None
         return await self._run(fetch)
 
+    async def insert_missing(self, records: Sequence[MediaRecord]) -> List[bool]:
+        m = self._media
+        columns = ["workspace_id", "fingerprint", *_MEDIA_FIELDS, "revision", "created_at", "updated_at",
+                   "verified_at"]
+        # Each value as peewee would bind it; the SQL text is built once per call, not per
+        # statement: peewee's query builder would cost more than the database does here.
+        adapt = [m._meta.fields[c].db_value for c in columns]
+        rows: Dict[Tuple[str, str], List[Any]] = {}  # the first record of each key
+        for record in records:
+            _check_storable(record.workspace_id, record.file)
+            key = (record.workspace_id, record.file.fingerprint)
+            if key not in rows:
+                values = {name: getattr(record.file, name) for name in _MEDIA_FIELDS}
+                values.update(workspace_id=key[0], fingerprint=key[1], revision=record.revision,
+                              created_time=_naive_utc(record.file.created_time),
+                              created_at=_naive_utc(record.created_at), updated_at=_naive_utc(record.updated_at),
+                              verified_at=_naive_utc(record.verified_at))
+                rows[key] = [convert(values[c]) for convert, c in zip(adapt, columns)]
+        keys = list(rows)
+        # Rows per INSERT: all their parameters stay within old SQLite builds' limit of 999.
+        per_statement = max(1, 999 // len(columns))
+        quote, param = self.db.quote, self.db.param
+
+        def q(name: str) -> str:
+            return f"{quote[0]}{name}{quote[-1]}"
+
+        table = q(m._meta.table_name)
+        row_marks = "(" + ", ".join([param] * len(columns)) + ")"
+        insert_head = f"INSERT INTO {table} ({', '.join(q(c) for c in columns)}) VALUES "
+        select_head = (f"SELECT {q('workspace_id')}, {q('fingerprint')} FROM {table} "
+                       f"WHERE {q('workspace_id')} = {param} AND {q('fingerprint')} IN ")
+
+        def attempt(chunk: List[Tuple[str, str]]) -> Optional[peewee.IntegrityError]:
+            # Plain INSERTs in a savepoint rather than ON CONFLICT DO NOTHING / INSERT IGNORE: a
+            # duplicate undoes only this statement, and no other error is swallowed.
+            sql = insert_head + ", ".join([row_marks] * len(chunk))
+            try:
+                with self.db.atomic():
+                    self.db.execute_sql(sql, [value for k in chunk for value in rows[k]])
+            except peewee.IntegrityError as exc:
+                return exc
+            return None
+
+        def stored(chunk: List[Tuple[str, str]], latest: bool = False) -> set:
+            by_workspace: Dict[str, List[str]] = {}
+            for workspace_id, fingerprint in chunk:
+                by_workspace.setdefault(workspace_id, []).append(fingerprint)
+            found = set()
+            for workspace_id, fingerprints in by_workspace.items():
+                sql = select_head + "(" + ", ".join([param] * len(fingerprints)) + ")"
+                if latest and self.db.for_update:
+                    # A locking read sees rows committed after this transaction's snapshot
+                    # (MySQL's REPEATABLE READ would not show them to a plain SELECT).
+                    sql += " FOR UPDATE"
+                found.update(tuple(r) for r in self.db.execute_sql(sql, [workspace_id, *fingerprints]).fetchall())
+            return found
+
+        def write() -> set:
+            inserted = set()
+            for start in range(0, len(keys), per_statement):
+                chunk = keys[start:start + per_statement]
+                # A first import inserts whole statements; a re-run costs one failed INSERT and
+                # one SELECT per statement; only a writer racing with us leads to row by row.
+                if attempt(chunk) is None:
+                    inserted.update(chunk)
+                    continue
+                present = stored(chunk)
+                absent = [k for k in chunk if k not in present]
+                if not absent or attempt(absent) is None:
+                    inserted.update(absent)
+                    continue
+                for key in absent:
+                    error = attempt([key])
+                    if error is None:
+                        inserted.add(key)
+                    elif not stored([key], latest=True):
+                        raise error  # not a duplicate: a value the database refused
+            return inserted
+
+        if not keys:
+            return []
+        inserted = await self._write(write)
+        result = []
+        for record in records:
+            key = (record.workspace_id, record.file.fingerprint)
+            result.append(key in inserted)
+            inserted.discard(key)  # later records with the same key were not inserted
+        return result
+
     async def ping(self) -> None:
         s = self._schema
 

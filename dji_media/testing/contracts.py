@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from ..errors import Forbidden, StorageUnavailable, Unauthenticated
-from ..values import GroupReport, MediaFile
+from ..values import GroupReport, MediaFile, MediaRecord
 
 
 def sample_file(fingerprint: str = "7F78C9F1999425CB61F10E1FE206009E", **changes) -> MediaFile:
@@ -163,6 +163,74 @@ class MediaStoreContract:
         found = await media_store.find_by_tiny_fingerprints("ws", [r.file.tiny_fingerprint for r in records])
         assert len(found) == 700 and all(r.verified_at == when for r in found)
 
+    @staticmethod
+    def _imported(fingerprint: str, workspace_id: str = "ws", **changes) -> MediaRecord:
+        """A record as an import brings it: its own times, revision 1, never verified."""
+        return MediaRecord(
+            workspace_id=workspace_id, file=sample_file(fingerprint, **changes), revision=1,
+            created_at=_dt.datetime(2021, 3, 4, 5, 6, 7, 891000, tzinfo=_dt.timezone.utc),
+            updated_at=_dt.datetime(2021, 3, 5, 6, 7, 8, 912000, tzinfo=_dt.timezone.utc),
+        )
+
+    @pytest.mark.gen_test
+    async def test_insert_missing_keeps_every_value_as_given(self, media_store):
+        records = [self._imported("I1", job_id="job-1"),
+                   self._imported("I2", workspace_id="ws-b", name="航拍 \U0001F681.JPG")]
+        assert await media_store.insert_missing(records) == [True, True]
+        for record in records:
+            assert await media_store.get(record.workspace_id, record.file.fingerprint) == record
+        assert await media_store.insert_missing([]) == []
+
+    @pytest.mark.gen_test
+    async def test_insert_missing_never_touches_a_stored_record(self, media_store):
+        existing = await media_store.upsert("ws", sample_file("I1", name="from-device.jpg"))
+        result = await media_store.insert_missing(
+            [self._imported("I1", name="imported.jpg"), self._imported("I2")])
+        assert result == [False, True]
+        assert await media_store.get("ws", "I1") == existing  # same revision, times and file
+        again = await media_store.insert_missing([self._imported("I1"), self._imported("I2", name="x")])
+        assert again == [False, False]
+        assert (await media_store.get("ws", "I2")) == self._imported("I2")
+
+    @pytest.mark.gen_test
+    async def test_insert_missing_first_of_a_key_wins(self, media_store):
+        result = await media_store.insert_missing(
+            [self._imported("I1", name="first"), self._imported("I1", name="second"), self._imported("I2")])
+        assert result == [True, False, True]
+        assert (await media_store.get("ws", "I1")).file.name == "first"
+
+    @pytest.mark.gen_test(timeout=60)
+    async def test_insert_missing_many_mixed(self, media_store):
+        # Several statements' worth, present and absent keys interleaved, two workspaces.
+        stored = {f"P{i}" for i in range(0, 1200, 7)}
+        for fingerprint in sorted(stored)[:40]:
+            await media_store.upsert("ws", sample_file(fingerprint, name="device"))
+        await media_store.insert_missing([self._imported(f) for f in sorted(stored)[40:]])
+        records = [self._imported(f"P{i}", workspace_id=("ws", "ws-b")[i % 2 and i > 600])
+                   for i in range(1200)]
+        result = await media_store.insert_missing(records)
+        expected = [not (r.workspace_id == "ws" and r.file.fingerprint in stored) for r in records]
+        assert result == expected
+        found = await media_store.find_by_tiny_fingerprints("ws", [r.file.tiny_fingerprint for r in records])
+        assert {r.file.fingerprint for r in found} == stored | {
+            r.file.fingerprint for r in records if r.workspace_id == "ws"}
+        assert sum(1 for r in found if r.file.name == "device") == 40
+        assert await media_store.insert_missing(records) == [False] * 1200
+
+    @pytest.mark.gen_test
+    async def test_insert_missing_concurrent_with_upserts(self, media_store):
+        records = [self._imported(f"C{i}") for i in range(60)]
+        outcomes = await asyncio.gather(
+            media_store.insert_missing(records),
+            *(media_store.upsert("ws", sample_file(f"C{i}", name="device")) for i in range(0, 60, 3)))
+        inserted = outcomes[0]
+        for i, record in enumerate(records):
+            stored = await media_store.get("ws", record.file.fingerprint)
+            if inserted[i]:  # then an upsert may have rewritten it afterwards, never lost it
+                assert stored.file.name == ("device" if i % 3 == 0 else record.file.name)
+            else:
+                assert i % 3 == 0 and stored.revision == 1 and stored.file.name == "device"
+
     @pytest.mark.gen_test
     async def test_groups_latest_report_wins(self, media_store):
         assert await media_store.get_group("ws", "g1") is None
@@ -213,7 +281,6 @@ class ObjectStoreContract:
         # Many keys: each one unknown (left out), none reported gone.
         keys = [f"media/ws/f/{i}.jpg" for i in range(20)] + ["media/ws/g.jpg"]
         assert await unreachable_object_store.exists_many(keys) == {}
-
 
     @pytest.mark.gen_test
     async def test_ping(self, object_store):
