@@ -16,6 +16,7 @@ from .errors import (
     DjiMediaError,
     Forbidden,
     PayloadTooLarge,
+    SchemaMismatch,
     StorageUnavailable,
     Unauthenticated,
     Unavailable,
@@ -29,6 +30,7 @@ from .values import (
     Identity,
     MediaFile,
     MediaRecord,
+    SchemaMigration,
     StorageGrant,
     UploadCredentials,
     UploadReport,
@@ -42,7 +44,7 @@ __all__ = [
     "Authenticator", "CredentialProvider", "MediaStore", "ObjectStore",
     # values
     "FastUploadQuery", "FileGroup", "GroupReport", "Identity", "MediaFile", "MediaRecord",
-    "StorageGrant", "UploadCredentials", "UploadReport", "CallbackOutcome",
+    "StorageGrant", "UploadCredentials", "UploadReport", "CallbackOutcome", "SchemaMigration",
     # the service and its HTTP routes
     "MediaService", "get_handlers", "get_health_handlers", "NotFoundHandler",
     # backends
@@ -51,6 +53,6 @@ __all__ = [
     "JwtAuthenticator",
     # errors
     "DjiMediaError", "BadRequest", "PayloadTooLarge", "Unauthenticated", "Forbidden",
-    "Unavailable", "StorageUnavailable", "DatabaseUnavailable", "ConfigError",
+    "Unavailable", "StorageUnavailable", "DatabaseUnavailable", "SchemaMismatch", "ConfigError",
     "__version__",
 ]

@@ -57,7 +57,8 @@ class PeeweeMediaStore(MediaStore):
         ``mysql://user@host/db``, see ``open_database``); or pass ``database``, a peewee
         ``Database`` the host already owns (a pooled one is left open by ``close()``).
     :param busy_timeout_ms: SQLite only: how long a writer waits for the lock.
-    :param max_workers: threads (and so connections; the pool size for a URL) for database work.
+    :param max_workers: threads (and so connections) for reads; writes have one thread of their
+        own. The pool for a URL holds max_workers + 1 connections.
     :param create_tables: create the schema when absent (on first use).
     """
 
@@ -81,7 +82,7 @@ class PeeweeMediaStore(MediaStore):
             raise ValueError("synchronous must be one of off, normal, full, extra")
         self.db = database if database is not None else open_database(
             url, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous.lower(),
-            max_connections=max_workers,
+            max_connections=max_workers + 1,  # the readers' threads and the writer's
         )
         self._owns_db = database is None
         # Pooled connections are checked out per unit of work (SQLite's stay with their thread:
