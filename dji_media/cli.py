@@ -3,11 +3,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from typing import List, Optional
 
 from .errors import ConfigError, DjiMediaError
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _load(path: str):
@@ -86,6 +97,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                        "and reach the database and the storage")):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--config", "-c", required=True, help="YAML configuration file")
+        if name == "serve":
+            sub.add_argument("--workers", type=_workers, metavar="N",
+                             help="processes serving the port (default: server.workers, else 1)")
     sub = commands.add_parser("import", help="copy media records from another server's database into the "
                               "configured store (doc/importing.md)")
     sub.add_argument("--config", "-c", required=True, help="YAML configuration file (names the target store)")
@@ -108,8 +122,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as exc:
         print(f"dji-media: configuration error: {exc.message}", file=sys.stderr)
         return 2
+    if getattr(args, "workers", None):
+        config = dataclasses.replace(config, server=dataclasses.replace(config.server, workers=args.workers))
+    # With several workers each line says which process wrote it.
+    pid = " [%(process)d]" if args.command == "serve" and config.server.workers > 1 else ""
     logging.basicConfig(level=config.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s{pid} %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "check":
             return asyncio.run(_check(config))
@@ -121,10 +139,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return asyncio.run(import_command(
                 config, source_url=args.source, source_table=args.source_table, workspaces=args.workspace,
                 dry_run=args.dry_run, quiet=args.quiet))
-        from .server import serve
+        from .server import run
 
-        asyncio.run(serve(config))
-        return 0
+        return run(config)
     except DjiMediaError as exc:
         print(f"dji-media: {exc.message}", file=sys.stderr)
         return 2

@@ -64,6 +64,8 @@ class ServerSettings:
     trust_forwarded_headers: bool = False
     # Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     shutdown_grace_seconds: float = 10.0
+    # Processes serving the one port (dji_media/workers.py); `dji-media serve --workers` wins.
+    workers: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,6 +279,8 @@ def parse_config(raw: Any, environ: Optional[Mapping[str, str]] = None) -> Confi
             raise ConfigError(f"server.{key}", f"cannot read {path}")
     if server.shutdown_grace_seconds < 0:
         raise ConfigError("server.shutdown_grace_seconds", "must be >= 0")
+    if server.workers < 1:
+        raise ConfigError("server.workers", "must be >= 1")
     service = ServiceSettings(**_section(raw, "service", _fields(ServiceSettings)))
     if not 0 <= service.expire_margin <= MAX_EXPIRE_MARGIN:
         raise ConfigError("service.expire_margin", f"must be between 0 and {MAX_EXPIRE_MARGIN}")

@@ -36,7 +36,7 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "dji-media: configuration error: server.colour: unknown key "
         "(known: demo_banner, host, max_body_bytes, port, prefix, shutdown_grace_seconds, "
-        "tls_cert_file, tls_key_file, trust_forwarded_headers)"]
+        "tls_cert_file, tls_key_file, trust_forwarded_headers, workers)"]
 
 
 def test_serve_answers_and_stops_on_sigterm(tmp_path, s3):
