@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import glob
 import os
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 from dji_media import ConfigError, InMemoryMediaStore, PeeweeMediaStore, StsCredentialProvider
 from dji_media.config import load_config, parse_config
 from dji_media.wiring import build_service
+from dji_media.workers import check_shareable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "conf", "example.yaml")
@@ -111,3 +113,28 @@ def test_unreadable_and_invalid_files(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(str(bad))
+
+
+# Values for the ${NAME}s without a default in conf/*.yaml; each must pass its option's checks.
+# A new example that needs another variable adds it here.
+EXAMPLE_ENV = {
+    "DJI_MEDIA_DATABASE_URL": "postgresql://dji_media:example@db.invalid:5432/dji_media",
+    "DJI_MEDIA_S3_ACCESS_KEY": "example-access-key",
+    "DJI_MEDIA_S3_SECRET_KEY": "example-secret-key",
+    "DJI_MEDIA_JWT_SECRET": "an-example-secret-of-32-bytes-at-least",
+}
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "conf", "*.yaml"))),
+                         ids=os.path.basename)
+@pytest.mark.gen_test
+async def test_every_conf_example_loads_and_builds(path):
+    config = load_config(path, environ=EXAMPLE_ENV)
+    service = build_service(config)  # the constructors check endpoints, secrets, URLs
+    try:
+        # Only the development default may print a token at start-up.
+        assert not config.server.demo_banner or config.embedded_s3 is not None
+        if config.server.workers > 1:
+            check_shareable(config)  # several workers need backends they can share
+    finally:
+        await service.close()
