@@ -117,11 +117,19 @@ def _system_ticks() -> Optional[List[int]]:
         return None
 
 
-def _snapshot(pids: Dict[str, int]) -> Dict[str, Any]:
+def _snapshot(pids: Dict[str, List[int]]) -> Dict[str, Any]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"wall": time.time(), "cpu": time.process_time(), "utime": usage.ru_utime,
-            "stime": usage.ru_stime, "pids": {name: _proc_ticks(pid) for name, pid in pids.items()},
+            "stime": usage.ru_stime,
+            "pids": {name: [_proc_ticks(pid) for pid in group] for name, group in pids.items()},
             "system": _system_ticks()}
+
+
+def _tick_delta(start: List[Optional[int]], end: List[Optional[int]]) -> Optional[List[Optional[int]]]:
+    """Ticks per process over the window (None for one that was not there at both ends, e.g. a
+    database backend that ended); None when none of them was."""
+    deltas = [None if s is None or e is None else e - s for s, e in zip(start, end)]
+    return None if all(d is None for d in deltas) else deltas
 
 
 class _Checker:
@@ -238,7 +246,9 @@ async def _run(spec: Dict[str, Any], conn_ids: List[int]) -> Dict[str, Any]:
                     proto.transport.abort()
 
     marks: Dict[str, Dict[str, Any]] = {}
-    pids = {name: int(pid) for name, pid in (spec.get("watch_pids") or {}).items()}
+    # A name stands for one pid or a list of them (a server's parent and workers), summed.
+    pids = {name: [int(p) for p in (pid if isinstance(pid, list) else [pid])]
+            for name, pid in (spec.get("watch_pids") or {}).items()}
 
     async def sampler() -> None:
         await asyncio.sleep(max(0.0, p_start - time.perf_counter()))
@@ -269,8 +279,7 @@ async def _run(spec: Dict[str, Any], conn_ids: List[int]) -> Dict[str, Any]:
         "latencies": latencies, "errors": errors, "error_samples": samples,
         "wall": end["wall"] - start["wall"], "cpu": end["cpu"] - start["cpu"],
         "utime": end["utime"] - start["utime"], "stime": end["stime"] - start["stime"],
-        "pid_ticks": {name: (None if start["pids"][name] is None or end["pids"][name] is None
-                             else end["pids"][name] - start["pids"][name]) for name in pids},
+        "pid_ticks": {name: _tick_delta(start["pids"][name], end["pids"][name]) for name in pids},
         "system": (None if not start["system"] or not end["system"]
                    else [end["system"][0] - start["system"][0], end["system"][1] - start["system"][1]]),
         "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, **counters,
@@ -334,7 +343,11 @@ def run(spec: Dict[str, Any]) -> Dict[str, Any]:
     cpu = sum(p["cpu"] for p in parts)
     ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     first = parts[0]
-    pid_cpu = {name: (None if t is None else round(t / ticks / wall, 3)) for name, t in first["pid_ticks"].items()}
+    pid_cpu = {name: (None if t is None else round(sum(x for x in t if x is not None) / ticks / wall, 3))
+               for name, t in first["pid_ticks"].items()}
+    # Each process of a group on its own (how evenly a server's workers shared the load).
+    pid_cpu_each = {name: [None if x is None else round(x / ticks / wall, 3) for x in t]
+                    for name, t in first["pid_ticks"].items() if t is not None and len(t) > 1}
     system = first["system"]
     ms = 1000.0
     return {
@@ -355,8 +368,9 @@ def run(spec: Dict[str, Any]) -> Dict[str, Any]:
         "loadgen_util": round(cpu / wall, 3) if wall > 0 else None,
         "loadgen_util_max_proc": round(max(p["cpu"] for p in parts) / wall, 3) if wall > 0 else None,
         "loadgen_maxrss_kb": max(p["maxrss_kb"] for p in parts),
-        # CPU of the watched processes, as a share of one core, over the same window.
-        "proc_util": pid_cpu,
+        # CPU of the watched processes, as a share of one core, over the same window; a group
+        # (a server's parent and workers) is summed, so it may exceed 1.0.
+        "proc_util": pid_cpu, "proc_util_each": pid_cpu_each,
         # The whole machine's busy share (all cores) over the window: other people's work shows here.
         "machine_busy": round(system[0] / system[1], 3) if system and system[1] else None,
         "sent": sum(p["sent"] for p in parts), "completed_total": sum(p["done"] for p in parts),

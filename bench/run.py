@@ -4,8 +4,9 @@
                         [--json bench/results.json]
 
 Starts SeaweedFS (temp dir), two example servers as separate processes (``python -m
-dji_media.cli serve``: SQLite, STS, static token; one with the verification window on, one with
-it off) and the floor (``bench/floor.py``), populates ``--files`` files through the real flow
+dji_media.cli serve``: SQLite, or ``--database-url`` with tables of the run's own, STS, static
+token, ``--workers`` processes each; one with the verification window on, one with it off) and
+the floor (``bench/floor.py``), populates ``--files`` files through the real flow
 (sts, PUT with the temporary credentials, upload-callback), then measures every scenario for a
 fixed time with a fixed number of keep-alive connections against the server and the floor,
 ``--rounds`` times, and reports the median over the rounds. See bench/README.md.
@@ -88,21 +89,28 @@ class Child:
     def pid(self) -> int:
         return self.proc.pid
 
+    def pids(self) -> List[int]:
+        """This process and its children (a server's workers), read now: a replaced worker has
+        a new pid. The embedded S3 server is not started by the servers here."""
+        return [self.pid] + child_pids(self.pid)
+
     def _log(self) -> str:
         with open(self.log_path, encoding="utf-8", errors="replace") as fh:
             return fh.read()
 
-    def rss_mb(self) -> Dict[str, Optional[float]]:
-        values: Dict[str, Optional[float]] = {"VmRSS": None, "VmHWM": None}
-        try:
-            with open(f"/proc/{self.pid}/status") as fh:
-                for line in fh:
-                    key = line.split(":", 1)[0]
-                    if key in values:
-                        values[key] = round(int(line.split()[1]) / 1024.0, 1)
-        except OSError:
-            pass
-        return values
+    def rss_mb(self) -> Dict[str, Any]:
+        """Resident memory summed over the process and its workers. VmRSS counts the pages a
+        forked worker still shares with the parent once per process; Pss splits them, so the
+        sum of Pss is what the group really holds."""
+        pids = self.pids()
+        each = [proc_memory_mb(pid) for pid in pids]
+        total: Dict[str, Any] = {}
+        for key in ("VmRSS", "VmHWM", "Pss"):
+            values = [m[key] for m in each]
+            total[key] = None if None in values else round(sum(values), 1)
+        total["processes"] = len(pids)
+        total["each"] = {str(pid): m for pid, m in zip(pids, each)}
+        return total
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -114,11 +122,89 @@ class Child:
                 self.proc.wait()
 
 
+def child_pids(pid: int) -> List[int]:
+    """Live child processes of ``pid`` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                state, ppid = fh.read().rsplit(b")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if int(ppid) == pid and state != b"Z":
+            found.append(int(entry))
+    return sorted(found)
+
+
+def proc_memory_mb(pid: int) -> Dict[str, Optional[float]]:
+    """VmRSS and its peak VmHWM (/proc/<pid>/status) and Pss (/proc/<pid>/smaps_rollup), in MB."""
+    values: Dict[str, Optional[float]] = {"VmRSS": None, "VmHWM": None, "Pss": None}
+    for path in (f"/proc/{pid}/status", f"/proc/{pid}/smaps_rollup"):
+        try:
+            with open(path) as fh:
+                for line in fh:
+                    key = line.split(":", 1)[0]
+                    if key in values and values[key] is None:
+                        values[key] = round(int(line.split()[1]) / 1024.0, 1)
+        except (OSError, ValueError, IndexError):
+            pass
+    return values
+
+
+DATABASE_PROCESSES = {"postgresql": ("postgres", "postmaster"), "mysql": ("mysqld", "mariadbd")}
+
+
+def database_pids(url: Optional[str]) -> List[int]:
+    """The processes of a database server on this machine (by name), so that its CPU shows as
+    "db cpu" rather than as other people's work; none for SQLite or a remote server."""
+    if not url:
+        return []
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    names = DATABASE_PROCESSES.get(parts.scheme.split("+", 1)[0], ())
+    if not names or (parts.hostname or "localhost") not in ("127.0.0.1", "::1", "localhost"):
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as fh:
+                    if fh.read().strip() in names:
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return sorted(found)
+
+
+def mask_url(url: Optional[str]) -> Optional[str]:
+    """A database URL without its password, for the report and the JSON file."""
+    return None if url is None else re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+
+
+def drop_tables(url: str, prefix: str) -> None:
+    """Remove the tables this run created in a shared database."""
+    from dji_media.backends.peewee_store import _build_models, open_database
+
+    db = open_database(url, max_connections=1)
+    try:
+        db.connect()
+        db.drop_tables(_build_models(db, prefix), safe=True)
+    finally:
+        db.close_all()
+
+
 def server_config(tmp: str, name: str, s3_endpoint: str, window: float, args: argparse.Namespace) -> str:
     import yaml
 
     storage = {"endpoint": s3_endpoint, "access_key": ADMIN_KEY, "secret_key": ADMIN_SECRET, "bucket": BUCKET}
     store_options: Dict[str, Any] = {"url": f"sqlite:///{tmp}/media.sqlite3"}
+    if args.database_url:
+        # Both servers on the same tables (as they share the SQLite file otherwise); a prefix of
+        # this run's own, so runs on one database do not see each other's rows.
+        store_options = {"url": args.database_url, "table_prefix": args.table_prefix}
     if args.sqlite_synchronous:
         store_options["synchronous"] = args.sqlite_synchronous
     for item in args.store_option:
@@ -140,8 +226,9 @@ def server_config(tmp: str, name: str, s3_endpoint: str, window: float, args: ar
     return path
 
 
-def start_server(tmp: str, name: str, config: str) -> Child:
-    return Child(name, [sys.executable, "-m", "dji_media.cli", "serve", "--config", config],
+def start_server(tmp: str, name: str, config: str, workers: int) -> Child:
+    return Child(name, [sys.executable, "-m", "dji_media.cli", "serve", "--config", config,
+                        "--workers", str(workers)],
                  os.path.join(tmp, f"{name}.log"), r"listening on (https?://\S+)", cwd=tmp)
 
 
@@ -262,7 +349,7 @@ class Profiler:
     which also shows time spent in C with the GIL released (SQLite, fsync, socket reads).
     """
 
-    def __init__(self, pid: int, seconds: float, out_prefix: str) -> None:
+    def __init__(self, pid: int, seconds: float, out_prefix: str, subprocesses: bool = False) -> None:
         exe = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
         if not os.path.exists(exe):
             raise RuntimeError("py-spy is not installed: pip install py-spy")
@@ -271,7 +358,7 @@ class Profiler:
         self.outputs = {"gil": out_prefix + ".gil.txt", "wall": out_prefix + ".wall.txt"}
         self.procs = {}
         for mode, path in self.outputs.items():
-            extra = ["--gil"] if mode == "gil" else []
+            extra = (["--gil"] if mode == "gil" else []) + (["--subprocesses"] if subprocesses else [])
             self.procs[mode] = subprocess.Popen(
                 [exe, "record", "--pid", str(pid), "--duration", str(self.seconds), "--rate", str(self.rate),
                  "--format", "raw", "--threads", "--nonblocking", "--output", path, *extra],
@@ -386,6 +473,7 @@ def summarise(runs: List[Dict[str, Any]], names: List[str]) -> Dict[str, Any]:
                 "loadgen_util": med([r["loadgen_util"] for r in mine]),
                 "target_util": med([r["proc_util"].get("target") for r in mine]),
                 "s3_util": med([r["proc_util"].get("s3") for r in mine]),
+                "db_util": med([r["proc_util"].get("db") for r in mine]),
                 "machine_busy": med([r["machine_busy"] for r in mine]),
                 "others_cores": med([r.get("others_cores") for r in mine]),
                 "others_cores_max": max((r.get("others_cores") or 0) for r in mine),
@@ -421,9 +509,11 @@ def evaluate(summary: Dict[str, Any], rss: Dict[str, Dict[str, Optional[float]]]
         add(f"{name}: p99 <= {TAIL_FACTOR:g} x p50", tail, None if tail is None else tail <= TAIL_FACTOR,
             "x p50")
     for name, values in rss.items():
-        value = values.get("VmRSS")
-        add(f"{name} RSS after the benchmark <= {RSS_LIMIT_MB:g} MB", value,
-            None if value is None else value <= RSS_LIMIT_MB, "MB")
+        # The limit is per serving process: a server with workers has them and its parent.
+        value, limit = values.get("VmRSS"), RSS_LIMIT_MB * (values.get("processes") or 1)
+        add(f"{name} RSS after the benchmark <= {limit:g} MB"
+            + (f" ({values['processes']} processes, {RSS_LIMIT_MB:g} MB each)" if limit != RSS_LIMIT_MB else ""),
+            value, None if value is None else value <= limit, "MB")
     return results
 
 
@@ -434,7 +524,7 @@ def fmt(value: Optional[float], digits: int = 1) -> str:
 def print_table(summary: Dict[str, Any]) -> None:
     head = (f"{'scenario':<20} {'conn':>4} {'server req/s':>12} {'floor req/s':>11} {'ratio':>6} "
             f"{'server p50/p90/p99 ms':>23} {'floor p50/p90/p99 ms':>21} {'err':>4} "
-            f"{'lg cpu':>7} {'srv cpu':>7} {'s3 cpu':>6} {'others':>6}")
+            f"{'lg cpu':>7} {'srv cpu':>7} {'s3 cpu':>6} {'db cpu':>6} {'others':>6}")
     print(head)
     print("-" * len(head))
     for name, entry in summary.items():
@@ -445,6 +535,7 @@ def print_table(summary: Dict[str, Any]) -> None:
         print(f"{name:<20} {s.get('connections', ''):>4} {fmt(s.get('rps')):>12} {fmt(f.get('rps')):>11} "
               f"{fmt(entry.get('ratio'), 2):>6} {lat(s):>23} {lat(f):>21} {s.get('errors', 0):>4} "
               f"{pct(s.get('loadgen_util')):>7} {pct(s.get('target_util')):>7} {pct(s.get('s3_util')):>6} "
+              f"{pct(s.get('db_util')):>6} "
               f"{fmt(max(s.get('others_cores_max') or 0, f.get('others_cores_max') or 0), 2):>6}")
 
 
@@ -469,10 +560,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="the servers' logging.level (info logs every request through tornado.access)")
     p.add_argument("--sqlite-synchronous", choices=["off", "normal", "full", "extra"], default=None,
                    help="media_store.options.synchronous (default: the library's)")
-    p.add_argument("--media-store-backend", default="sqlite",
-                   help="media_store.backend for both servers (what-if runs: bench.whatif_store:WhatIfStore)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes of each server (dji-media serve --workers N)")
+    p.add_argument("--database-url", default=None, metavar="URL",
+                   help="a PostgreSQL or MySQL database instead of a SQLite file in the temp dir, e.g. "
+                        "postgresql://postgres@127.0.0.1:5432/test (tables of this run's own, dropped afterwards)")
+    p.add_argument("--media-store-backend", default=None,
+                   help="media_store.backend for both servers (default: sqlite, or peewee with --database-url; "
+                        "or module:Class of an experimental store)")
     p.add_argument("--object-store-backend", default="minio",
-                   help="object_store.backend for both servers (what-if: bench.whatif_s3:ListingObjectStore)")
+                   help="object_store.backend for both servers (or module:Class of an experimental one)")
     p.add_argument("--service-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra service settings for both servers, e.g. verify_concurrency=1000 (repeatable)")
     p.add_argument("--store-option", action="append", default=[], metavar="KEY=VALUE",
@@ -490,6 +587,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args.profile_names = [n.strip() for n in args.profile.split(",") if n.strip()]
     if args.duration <= 0 or args.rounds < 1 or args.connections < 1 or args.files < 1000:
         p.error("need --duration > 0, --rounds >= 1, --connections >= 1, --files >= 1000")
+    if args.workers < 1:
+        p.error("need --workers >= 1")
+    if args.database_url and args.database_url.startswith("sqlite"):
+        p.error("--database-url is for PostgreSQL or MySQL; SQLite is the default (a file in the temp dir)")
+    if args.media_store_backend is None:
+        args.media_store_backend = "peewee" if args.database_url else "sqlite"
     return args
 
 
@@ -511,8 +614,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.time()
     tmp = tempfile.mkdtemp(prefix="dji-bench-")
     run_id = "%04x" % random.randrange(0x10000)
+    args.table_prefix = f"bench{run_id}_" if args.database_url else None
+    database = (f"{mask_url(args.database_url)} (tables {args.table_prefix}*)" if args.database_url
+                else "SQLite in the temp dir")
     print(f"dji_media benchmark {run_id}: {args.rounds} round(s) x {len(args.names)} scenario(s), "
           f"{args.duration:g} s each (+{args.warmup:g} s warm-up); temp dir {tmp}")
+    print(f"servers: {args.workers} worker(s) each; database: {database}")
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start "
           f"(other work on the machine shows in the 'machine' column)")
     s3 = EmbeddedS3(data_dir=os.path.join(tmp, "seaweedfs"), access_key=ADMIN_KEY, secret_key=ADMIN_SECRET,
@@ -522,13 +629,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     profiles: Dict[str, Any] = {}
     try:
         s3.start()
-        warm = start_server(tmp, "server-window", server_config(tmp, "server-window", s3.endpoint, args.window, args))
+        warm = start_server(tmp, "server-window", server_config(tmp, "server-window", s3.endpoint, args.window, args),
+                            args.workers)
         children.append(warm)
         floor = Child("floor", [sys.executable, os.path.join(HERE, "floor.py"), "--port", "0"],
                       os.path.join(tmp, "floor.log"), r"listening on (https?://\S+)", cwd=tmp)
         children.append(floor)
-        print(f"SeaweedFS {s3.endpoint} (pid {s3.pid}); server {warm.base} (pid {warm.pid}, window "
-              f"{args.window:g} s); floor {floor.base} (pid {floor.pid})")
+        print(f"SeaweedFS {s3.endpoint} (pid {s3.pid}); server {warm.base} (pid {warm.pid}"
+              + (f", workers {' '.join(map(str, child_pids(warm.pid)))}" if args.workers > 1 else "")
+              + f", window {args.window:g} s); floor {floor.base} (pid {floor.pid})")
         took = populate(warm.base, args.files, args.populate_threads)
         print(f"populated {args.files} files (sts, PUT, upload-callback) in {took:.1f} s")
         warm_window(warm.base, args.files)
@@ -536,7 +645,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if any(SCENARIOS[n].server == "cold" for n in args.names):
             # Same database: the window-disabled server sees the same files.
             cold = start_server(tmp, "server-nowindow",
-                                server_config(tmp, "server-nowindow", s3.endpoint, 0.0, args))
+                                server_config(tmp, "server-nowindow", s3.endpoint, 0.0, args), args.workers)
             children.append(cold)
             print(f"server without window {cold.base} (pid {cold.pid})")
         servers = {"warm": warm, "cold": cold}
@@ -557,6 +666,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 pair: Dict[str, Dict[str, Any]] = {}
                 for target in order:
                     child = servers[s.server] if target == "server" else floor
+                    db_pids = database_pids(args.database_url)  # read now: backends come and go
                     spec = {
                         "host": "127.0.0.1", "port": child.port, "scenario": name, "target_name": target,
                         "workspace": WORKSPACE, "token": TOKEN, "files": args.files, "connections": conns,
@@ -564,13 +674,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "request_timeout": args.request_timeout,
                         "expect": s.expect if target == "server" else scenarios.FLOOR_EXPECT,
                         "tag": f"{run_id}{rnd:02d}{target[0]}",
-                        "watch_pids": {"target": child.pid, **({"s3": s3.pid} if s3.pid else {})},
+                        # A server's parent and its workers, summed (the parent is idle).
+                        "watch_pids": {"target": child.pids(), **({"s3": s3.pid} if s3.pid else {}),
+                                       **({"db": db_pids} if db_pids else {})},
                     }
                     profiler = None
                     if target == "server" and name in args.profile_names and rnd == args.rounds:
                         os.makedirs(args.profile_dir, exist_ok=True)
                         profiler = Profiler(child.pid, args.warmup + args.duration,
-                                            os.path.join(args.profile_dir, name))
+                                            os.path.join(args.profile_dir, name), subprocesses=args.workers > 1)
                     result = run_loadgen(spec)
                     if profiler is not None:
                         summary_ = profiler.finish()
@@ -591,6 +703,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                         continue
                     util = r["proc_util"].get("target")
                     util_text = "-" if util is None else f"{100 * util:.0f}%"
+                    each = r.get("proc_util_each", {}).get("target")
+                    if each:  # the parent first, then each worker: how evenly they shared the load
+                        util_text += " (" + "/".join("-" if u is None else f"{100 * u:.0f}" for u in each) + ")"
+                    db_util = r["proc_util"].get("db")
+                    if db_util is not None:
+                        util_text += f"  db cpu {100 * db_util:.0f}%"
                     busy = r["machine_busy"]
                     busy_text = "-" if busy is None else f"{100 * busy:.0f}%"
                     if r["others_cores"] is not None:
@@ -607,7 +725,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         targets = evaluate(summary, {k: v for k, v in rss.items()})
         print(f"\nmedian of {args.rounds} round(s); ratio = median of per-round server/floor req/s; "
               "cpu = share of one core during the measured window; others = cores used by other "
-              "processes (max over the measurements)\n")
+              "processes (max over the measurements; srv cpu sums a server's workers; db cpu is a "
+              "database server on this machine)")
+        print(f"servers: {args.workers} worker(s) each; database: {database}\n")
         print_table(summary)
         noisy = [r for r in runs if (r.get("others_cores") or 0) > NOISY_CORES]
         if noisy:
@@ -617,7 +737,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                   "server, so ratios look better). Re-run on a quiet machine.")
         print()
         for name, values in rss.items():
-            print(f"{name}: VmRSS {values['VmRSS']} MB (peak VmHWM {values['VmHWM']} MB)")
+            group = (f" summed over {values['processes']} processes (parent + {values['processes'] - 1} workers; "
+                     f"Pss {values['Pss']} MB counts their shared pages once)" if values["processes"] > 1 else "")
+            print(f"{name}: VmRSS {values['VmRSS']} MB (peak VmHWM {values['VmHWM']} MB){group}")
         print()
         for t in targets:
             value = t["value"]
@@ -640,7 +762,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 "run_id": run_id, "started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(),
                 "seconds": round(time.time() - started, 1), "git": git_revision(),
                 "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-                "loadavg_end": os.getloadavg(), "args": {k: v for k, v in vars(args).items()},
+                "loadavg_end": os.getloadavg(),
+                "args": {k: (mask_url(v) if k == "database_url" else v) for k, v in vars(args).items()},
+                "workers": args.workers, "database": "sqlite" if not args.database_url else {
+                    "url": mask_url(args.database_url), "table_prefix": args.table_prefix},
                 "targets_note": "ratio = median of per-round server/floor req/s; errors summed over rounds",
                 "noisy_measurements": sum(1 for r in runs if (r.get("others_cores") or 0) > NOISY_CORES),
             },
@@ -657,8 +782,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         for child in reversed(children):
             child.stop()
         s3.stop()
+        if args.database_url and not args.keep:
+            try:
+                drop_tables(args.database_url, args.table_prefix)
+            except Exception as exc:  # report, but do not hide the run's own outcome
+                print(f"could not drop the tables {args.table_prefix}*: {exc}")
         if args.keep:
-            print(f"kept {tmp}")
+            print(f"kept {tmp}" + (f" and the tables {args.table_prefix}*" if args.database_url else ""))
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
