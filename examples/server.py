@@ -9,6 +9,7 @@ graceful shutdown.
 import argparse
 import asyncio
 import logging
+import signal
 
 import tornado.web
 
@@ -39,8 +40,14 @@ async def main() -> None:
     if config.server.demo_banner and hasattr(service.authenticator, "example"):
         token, workspace = service.authenticator.example()
         print(f"demo token: {token}  workspace: {workspace}", flush=True)
+    # Stop on Ctrl-C and on SIGTERM (systemd, docker stop), and close the backends and the
+    # embedded storage either way. Handlers of our own, not KeyboardInterrupt: a process started
+    # in the background of a shell inherits SIGINT as ignored, and Python then raises nothing.
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()  # serve until Ctrl-C
+        await stop.wait()
     finally:
         await service.close()
         if storage is not None:
