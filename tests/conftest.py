@@ -1,5 +1,7 @@
 """Shared fixtures. The suite starts its own real S3 server (SeaweedFS, once per session) and
-uses real SQLite files in temporary directories; nothing outside the machine is needed."""
+uses real SQLite files in temporary directories. The PostgreSQL and MariaDB/MySQL servers are
+the machine's, named by DJI_MEDIA_TEST_POSTGRES_URL and DJI_MEDIA_TEST_MYSQL_URL (``.ci/run``
+sets both); the tests that need one skip, saying which variable to set, when it is unset."""
 from __future__ import annotations
 
 import io
@@ -21,8 +23,21 @@ from dji_media import (
     StsCredentialProvider,
     get_handlers,
 )
+from dji_media.backends.peewee_schema import open_database
 from dji_media.embedded_s3 import EmbeddedS3
-from support import ADMIN_KEY, ADMIN_SECRET, BUCKET, OTHER_BUCKET, TOKEN_A, TOKEN_B, s3_options
+from support import (
+    ADMIN_KEY,
+    ADMIN_SECRET,
+    BUCKET,
+    ENGINES,
+    OTHER_BUCKET,
+    TOKEN_A,
+    TOKEN_B,
+    database_url_for,
+    drop_store_tables,
+    new_table_prefix,
+    s3_options,
+)
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +76,35 @@ def sqlite_url(tmp_path):
 
 
 @pytest.fixture
+def fresh_tables(tmp_path):
+    """``fresh_tables(engine)`` -> ``(url, table_prefix)``: tables of the test's own on "sqlite",
+    "postgresql" or "mysql", dropped afterwards (after the stores built on them are closed:
+    fixtures that use this one are torn down first)."""
+    made = []
+
+    def fresh(engine):
+        url, prefix = database_url_for(engine, tmp_path), new_table_prefix()
+        made.append((url, prefix))
+        return url, prefix
+
+    yield fresh
+    for url, prefix in made:
+        if url.startswith("sqlite"):
+            continue  # the file goes with tmp_path
+        db = open_database(url, max_connections=1)
+        try:
+            drop_store_tables(db, prefix)
+        finally:
+            db.close_all()
+
+
+@pytest.fixture(params=ENGINES)
+def real_database(request, fresh_tables):
+    """(url, table_prefix) on each database engine in turn."""
+    return fresh_tables(request.param)
+
+
+@pytest.fixture
 def sts_provider(s3):
     return StsCredentialProvider(**s3_options(s3))
 
@@ -71,10 +115,11 @@ def authenticator():
 
 
 @pytest.fixture
-def real_service(s3, sqlite_url, sts_provider, authenticator, io_loop):
-    """The production wiring: SQLite, SeaweedFS HEAD checks and STS."""
+def real_service(s3, real_database, sts_provider, authenticator, io_loop):
+    """The production wiring: the peewee store (on each engine), SeaweedFS HEAD checks and STS."""
+    url, prefix = real_database
     service = MediaService(
-        media_store=PeeweeMediaStore(url=sqlite_url),
+        media_store=PeeweeMediaStore(url=url, table_prefix=prefix),
         object_store=MinioObjectStore(**s3_options(s3)),
         credentials=sts_provider,
         authenticator=authenticator,

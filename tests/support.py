@@ -9,9 +9,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from typing import Optional
 
+import pytest
 import yaml
+
+from dji_media.backends.peewee_schema import _build_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -27,6 +31,33 @@ BUCKET = "media"
 OTHER_BUCKET = "other-bucket"
 TOKEN_A = "token-for-workspace-a"
 TOKEN_B = "token-for-workspace-b"
+
+# The database servers the suite runs against when their URL is set (``.ci/run`` sets both);
+# SQLite needs no server and always runs.
+SERVER_ENGINES = {"postgresql": "DJI_MEDIA_TEST_POSTGRES_URL", "mysql": "DJI_MEDIA_TEST_MYSQL_URL"}
+ENGINES = ["sqlite", *sorted(SERVER_ENGINES)]
+
+
+def database_url_for(engine: str, tmp_path) -> str:
+    """The URL to test ``engine`` on: a new SQLite file, or the server's URL from the environment.
+    Without that variable the test skips and says which one to set."""
+    if engine == "sqlite":
+        return f"sqlite:///{tmp_path}/media.sqlite3"
+    variable = SERVER_ENGINES[engine]
+    url = os.environ.get(variable)
+    if not url:
+        pytest.skip(f"{engine}: set {variable} to a database URL to run these tests")
+    return url
+
+
+def new_table_prefix(letter: str = "t") -> str:
+    """Tables of the test's own on a shared server: parallel and repeated runs do not meet."""
+    return f"{letter}{uuid.uuid4().hex[:8]}_"
+
+
+def drop_store_tables(db, prefix: str) -> None:
+    """Drop the store's tables under ``prefix`` through ``db`` (a peewee database)."""
+    db.drop_tables(_build_models(db, prefix), safe=True)
 
 
 def s3_options(s3, **changes):

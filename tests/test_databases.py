@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
-import os
 import threading
-import uuid
 
 import pytest
 
 from dji_media import BadRequest, DatabaseUnavailable, PeeweeMediaStore
-from dji_media.backends.peewee_store import _build_models, open_database
+from dji_media.backends.peewee_store import open_database
 from dji_media.testing.contracts import MediaStoreContract, sample_file
 from dji_media.values import GroupReport, MediaFile
-
-ENGINES = {"postgresql": "DJI_MEDIA_TEST_POSTGRES_URL", "mysql": "DJI_MEDIA_TEST_MYSQL_URL"}
+from support import SERVER_ENGINES, database_url_for
 
 # Per engine: this connection's server-side id, a query that runs long enough to be killed
 # midway, and how to kill another connection.
@@ -30,18 +27,14 @@ SQL = {
 }
 
 
-@pytest.fixture(params=sorted(ENGINES))
+@pytest.fixture(params=sorted(SERVER_ENGINES))
 def engine(request):
     return request.param
 
 
 @pytest.fixture
-def database_url(engine):
-    variable = ENGINES[engine]
-    url = os.environ.get(variable)
-    if not url:
-        pytest.skip(f"{engine}: set {variable} to a database URL to run these tests")
-    return url
+def database_url(engine, tmp_path):
+    return database_url_for(engine, tmp_path)
 
 
 @pytest.fixture
@@ -54,20 +47,20 @@ def admin(database_url):
 
 
 @pytest.fixture
-def make_store(database_url, admin, io_loop):
+def make_store(engine, fresh_tables, io_loop):
     """Stores on fresh tables (one prefix per call); their tables are dropped afterwards."""
     made = []
 
     def make(**options):
-        options.setdefault("table_prefix", f"t{uuid.uuid4().hex[:8]}_")
-        store = PeeweeMediaStore(url=database_url, **options)
-        made.append((store, options["table_prefix"]))
+        url, prefix = fresh_tables(engine)
+        options["table_prefix"] = prefix
+        store = PeeweeMediaStore(url=url, **options)
+        made.append(store)
         return store
 
     yield make
-    for store, prefix in made:
+    for store in made:
         io_loop.run_sync(store.close)
-        admin.drop_tables(_build_models(admin, prefix), safe=True)
 
 
 class TestDatabaseMediaStores(MediaStoreContract):

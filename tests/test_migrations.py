@@ -16,10 +16,8 @@ import asyncio
 import datetime as _dt
 import os
 import re
-import uuid
 
 import pytest
-from test_databases import ENGINES
 
 from dji_media import PeeweeMediaStore
 from dji_media.backends.peewee_migrations import SchemaVersions
@@ -27,7 +25,7 @@ from dji_media.backends.peewee_schema import _MYSQL_COLLATIONS, SCHEMA_VERSION, 
 from dji_media.errors import SchemaMismatch
 from dji_media.testing.contracts import sample_file
 from dji_media.values import FileGroup, MediaFile, MediaRecord
-from support import TESTS, run_cli, write_config
+from support import ENGINES, TESTS, database_url_for, drop_store_tables, new_table_prefix, run_cli, write_config
 
 UTC = _dt.timezone.utc
 NEEDS_2 = "database schema is version 1, this dji_media needs 2: run `dji-media migrate --config <file>`"
@@ -52,7 +50,7 @@ class Database:
         self.prefixes = []
 
     def prefix(self) -> str:
-        prefix = f"m{uuid.uuid4().hex[:8]}_"
+        prefix = new_table_prefix("m")
         self.prefixes.append(prefix)
         return prefix
 
@@ -88,20 +86,14 @@ class Database:
 
     def close(self) -> None:
         for prefix in self.prefixes:
-            self.admin.drop_tables(_build_models(self.admin, prefix), safe=True)
+            drop_store_tables(self.admin, prefix)
         self.admin.close()
 
 
-@pytest.fixture(params=["sqlite", *sorted(ENGINES)])
+@pytest.fixture(params=ENGINES)
 def database(request, tmp_path):
     engine = request.param
-    if engine == "sqlite":
-        url = f"sqlite:///{tmp_path}/media.sqlite3"
-    else:
-        url = os.environ.get(ENGINES[engine])
-        if not url:
-            pytest.skip(f"{engine}: set {ENGINES[engine]} to a database URL to run these tests")
-    db = Database(engine, url, tmp_path)
+    db = Database(engine, database_url_for(engine, tmp_path), tmp_path)
     yield db
     db.close()
 

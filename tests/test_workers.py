@@ -17,11 +17,23 @@ import uuid
 
 import pytest
 import yaml
-from test_databases import ENGINES
 
 from dji_media import PeeweeMediaStore
-from dji_media.backends.peewee_store import _build_models, open_database
-from support import SERVE, TOKEN, free_port, pilot2_round, post, run_cli, start, stop, write_config
+from dji_media.backends.peewee_store import open_database
+from support import (
+    SERVE,
+    TOKEN,
+    database_url_for,
+    drop_store_tables,
+    free_port,
+    new_table_prefix,
+    pilot2_round,
+    post,
+    run_cli,
+    start,
+    stop,
+    write_config,
+)
 
 WS = "ws-cli"
 MEDIA = f"/media/api/v1/workspaces/{WS}"
@@ -41,15 +53,11 @@ class BuiltOnce(PeeweeMediaStore):
 @pytest.fixture
 def postgres():
     """(url, table prefix, a connection of the test's own); the tables are dropped afterwards."""
-    variable = ENGINES["postgresql"]
-    url = os.environ.get(variable)
-    if not url:
-        pytest.skip(f"postgresql: set {variable} to a database URL to run these tests")
-    prefix = f"w{uuid.uuid4().hex[:8]}_"
+    url, prefix = database_url_for("postgresql", None), new_table_prefix("w")
     db = open_database(url, max_connections=1)
     db.connect()
     yield url, prefix, db
-    db.drop_tables(_build_models(db, prefix), safe=True)
+    drop_store_tables(db, prefix)
     db.close_all()
 
 
