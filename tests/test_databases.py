@@ -222,7 +222,9 @@ async def test_deadlock_victim_is_rerun(make_store):
             m.update(name=first).where((m.workspace_id == "ws") & (m.fingerprint == second)).execute()
         return work
 
-    await asyncio.gather(store._run(lock("A", "B")), store._run(lock("B", "A")))
+    # Units of work in a transaction, on two of the pool's threads (store._run would read outside one).
+    await asyncio.gather(store._runner.run(store._work, lock("A", "B")),
+                         store._runner.run(store._work, lock("B", "A")))
     assert len(calls) == 3  # one of them ran twice
     names = {(await store.get("ws", fp)).file.name for fp in ("A", "B")}
     assert len(names) == 1  # the rerun one wrote both rows last

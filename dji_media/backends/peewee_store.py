@@ -136,6 +136,15 @@ class PeeweeMediaStore(MediaStore):
 
     def _work(self, fn, *args):
         """One unit of work in one transaction; a database failure closes the connection."""
+        return self._unit(fn, args, atomic=True)
+
+    def _read(self, fn, *args):
+        """A unit of work that only reads, outside a transaction: each SELECT is consistent on
+        its own, and none of the reads needs to agree with another. On PostgreSQL and MySQL this
+        saves the BEGIN and COMMIT round trips (two of the four a point read cost)."""
+        return self._unit(fn, args, atomic=False)
+
+    def _unit(self, fn, args, atomic: bool):
         attempt = 1
         stale_retry = True
         while True:
@@ -147,7 +156,10 @@ class PeeweeMediaStore(MediaStore):
                         self._connections.add(self.db.connection())
                 reused = not opened and not self._pooled
                 self._ensure_schema()
-                with self.db.atomic():
+                if atomic:
+                    with self.db.atomic():
+                        result = fn(*args)
+                else:
                     result = fn(*args)
             except peewee.IntegrityError:
                 self._release_connection()
@@ -209,7 +221,8 @@ class PeeweeMediaStore(MediaStore):
             pass
 
     async def _run(self, fn, *args):
-        return await self._runner.run(self._work, fn, *args)
+        """A read, on one of the pool's threads (writes go through ``_write``)."""
+        return await self._runner.run(self._read, fn, *args)
 
     async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A write, committed with whatever other writes are queued with it (see __init__)."""
