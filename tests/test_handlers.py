@@ -14,7 +14,6 @@ import pytest
 from dji_media import InMemoryMediaStore, PeeweeMediaStore
 from support import ENGINES, TOKEN_B
 
-
 # pytest-tornado asks for `app` (and so `service` and `store`) by name at run time, which pytest
 # cannot see when it parametrizes: naming the fixture here makes every test run on each store.
 pytestmark = pytest.mark.usefixtures("store")

@@ -257,6 +257,7 @@ class StsCredentialProvider(CredentialProvider):
         self._http = http_client(timeout=timeout, retries=retries)
         self._runner = BlockingRunner(executor=executor, max_workers=max_workers, name="dji-sts")
         self._cache: Dict[str, UploadCredentials] = {}
+        self._grants: Dict[str, StorageGrant] = {}
         self._locks: Dict[str, asyncio.Lock] = {}
 
     def object_key_prefix(self, workspace_id: str) -> str:
@@ -285,6 +286,9 @@ class StsCredentialProvider(CredentialProvider):
 
     async def issue(self, workspace_id: str) -> StorageGrant:
         prefix = self.object_key_prefix(workspace_id)
+        creds = self._cache.get(prefix)
+        if creds is not None and creds.seconds_left(utc_now()) > self.refresh_before:
+            return self._grant(prefix, creds)  # nearly every call: no lock, no STS
         lock = self._locks.setdefault(prefix, asyncio.Lock())
         async with lock:  # one STS call per prefix at a time; the others reuse its answer
             creds = self._cache.get(prefix)
@@ -299,8 +303,16 @@ class StsCredentialProvider(CredentialProvider):
                                 creds.seconds_left())
                 else:
                     self._cache[prefix] = creds
-        return StorageGrant(bucket=self.bucket, endpoint=self.public_endpoint, region=self.region,
-                            provider=self.provider, object_key_prefix=prefix, credentials=creds)
+        return self._grant(prefix, creds)
+
+    def _grant(self, prefix: str, creds: UploadCredentials) -> StorageGrant:
+        """The grant for these credentials, built once per credentials (values are frozen)."""
+        grant = self._grants.get(prefix)
+        if grant is None or grant.credentials is not creds:
+            grant = StorageGrant(bucket=self.bucket, endpoint=self.public_endpoint, region=self.region,
+                                 provider=self.provider, object_key_prefix=prefix, credentials=creds)
+            self._grants[prefix] = grant
+        return grant
 
     async def close(self) -> None:
         self._runner.close()
