@@ -1,6 +1,8 @@
 """Every shipped backend against the contract of its interface (dji_media.testing.contracts)."""
 from __future__ import annotations
 
+import datetime as _dt
+
 import jwt
 import pytest
 
@@ -14,6 +16,7 @@ from dji_media import (
     StaticTokenAuthenticator,
     StsCredentialProvider,
 )
+from dji_media.backends.peewee_schema import _aware_utc
 from dji_media.testing.contracts import (
     AuthenticatorContract,
     CredentialProviderContract,
@@ -121,3 +124,20 @@ async def test_sts_cache_single_flight_and_refresh_failure_keeps_valid_credentia
     provider._sts_endpoint = "http://127.0.0.1:1"
     assert (await provider.issue("ws-cache")).credentials == aged
     await provider.close()
+
+
+@pytest.mark.parametrize("stored, expected", [
+    # SQLite hands DateTimeField values back as the text peewee wrote: naive UTC.
+    ("2022-08-31 07:16:16", _dt.datetime(2022, 8, 31, 7, 16, 16, tzinfo=_dt.timezone.utc)),
+    ("2022-08-31 07:16:16.000123", _dt.datetime(2022, 8, 31, 7, 16, 16, 123, tzinfo=_dt.timezone.utc)),
+    # Text with an offset of its own keeps it; a bare date is midnight UTC.
+    ("2022-08-31T15:16:16+08:00", _dt.datetime(2022, 8, 31, 7, 16, 16, tzinfo=_dt.timezone.utc)),
+    ("2022-08-31", _dt.datetime(2022, 8, 31, tzinfo=_dt.timezone.utc)),
+    # PostgreSQL and MySQL drivers hand back datetimes.
+    (_dt.datetime(2022, 8, 31, 7, 16, 16), _dt.datetime(2022, 8, 31, 7, 16, 16, tzinfo=_dt.timezone.utc)),
+    (None, None),
+])
+def test_stored_times_read_back_as_aware_utc(stored, expected):
+    value = _aware_utc(stored)
+    assert value == expected
+    assert value is None or value.utcoffset() is not None
