@@ -4,20 +4,28 @@
     ├── BadRequest              the request is malformed (HTTP 400); names the field
     │   └── PayloadTooLarge     the body is over the configured limit (HTTP 413)
     ├── Unauthenticated         missing, invalid or expired token (HTTP 401: logs the pilot out)
-    ├── Forbidden               valid token, but not for this workspace (HTTP 403)
+    ├── Forbidden               valid token, but not for this workspace or this action (HTTP 403)
     ├── Unavailable             a dependency could not answer; retry later (HTTP 503)
     │   ├── StorageUnavailable  object storage or STS could not be asked
     │   ├── DatabaseUnavailable the metadata database could not be read or written
     │   └── SchemaMismatch      the database's schema is older or newer than this release's
-    └── ConfigError             the configuration is wrong; names the key
+    ├── ConfigError             the configuration is wrong; names the key
+    │   └── MissingCapability   a configured feature needs what the chosen backend lacks
+    ├── StartupError            a part the server needs cannot be reached at start-up
+    │   └── EmbeddedS3Error     the embedded S3 server could not be found, started or reached
+    ├── SourceError             an import's source database cannot be opened or read
+    ├── ImportTargetFailed      an import's target store could not be written
+    ├── ImportFailed            an import stopped; carries the summary of what was done
+    └── RowRejected             one imported row cannot become a record (the import goes on)
 
-Backends raise these and nothing else for the failures they expect; the web layer maps them to
-HTTP statuses in one table (``ERROR_STATUS`` in ``dji_media.web.handlers``). Messages are shown to clients, so they
-never carry secrets, SQL, file system paths or tracebacks: the detail goes to the log.
+Backends raise these and nothing else for the failures they expect, translating their library's
+exceptions in one place each; each transport maps them in one table (HTTP:
+``ERROR_STATUS`` in ``dji_media.web.handlers``). Messages are shown to clients, so they never
+carry secrets, SQL, file system paths or tracebacks: the detail goes to the log.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 
 class DjiMediaError(Exception):
@@ -45,7 +53,7 @@ class Unauthenticated(DjiMediaError):
 
 
 class Forbidden(DjiMediaError):
-    """The token is valid but may not act on this workspace."""
+    """The token is valid but may not act on this workspace, or may not do this there."""
 
 
 class Unavailable(DjiMediaError):
@@ -86,3 +94,42 @@ class ConfigError(DjiMediaError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}" if key else message)
         self.key = key
+
+
+class MissingCapability(ConfigError):
+    """A feature the configuration turns on needs an ability its backend does not have; the
+    message names both."""
+
+
+class StartupError(DjiMediaError):
+    """A part the server needs cannot be reached at start-up."""
+
+
+class EmbeddedS3Error(StartupError):
+    """The embedded S3 server could not be found, started or reached."""
+
+
+class SourceError(DjiMediaError):
+    """An import's source database cannot be opened or read; the message names what, not how."""
+
+
+class ImportTargetFailed(DjiMediaError):
+    """An import's target store failed; what was imported before stays."""
+
+
+class ImportFailed(DjiMediaError):
+    """The source could not be read or the target could not be written. ``summary`` (an
+    ``ImportSummary``) counts what was done before: what was imported stays, and running the
+    import again is safe."""
+
+    def __init__(self, message: str, summary: Optional[Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+class RowRejected(DjiMediaError):
+    """One source row cannot become a record; ``reason`` says why without quoting the row."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

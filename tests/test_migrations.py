@@ -306,7 +306,11 @@ async def test_stores_refuse_other_versions_until_migrated(database):
         assert not database.versions(old).has_column(f"{old}media_file", "job_id")
 
         # Migrated from elsewhere (another process): the same store then goes ahead.
-        result = await database.store(old).migrate()
+        migrator = database.store(old)
+        try:
+            result = await migrator.migrate()
+        finally:
+            await migrator.close()
         assert (result.found, result.target, len(result.steps)) == (1, 2, 2)
         await store.ping()
         assert (await store.get("ws-a", sample_file().fingerprint)).file.job_id is None
