@@ -1,21 +1,29 @@
 """The use cases of the media protocol, independent of any transport.
 
 ``MediaService`` is what a Tornado handler (and later an MQTT adapter) calls. It depends only on
-the plugin interfaces, so every rule of protocol.md sections 3 and 4 lives here once: what counts
-as "known", how stale rows are treated, what a failed upload means, how long credentials are
-advertised for.
+the plugin interfaces, so every rule of doc/protocol.md sections 3 and 4 lives here once: what
+counts as "known", how stale rows are treated, what a failed upload means, how long credentials
+are advertised for. Every use case checks its own input against ``dji_media.rules`` (workspace
+id, object key, lengths), so a caller that is not the HTTP transport cannot skip them.
 """
+
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
-import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .errors import BadRequest, StorageUnavailable, Unavailable
 from .interfaces import MIN_CREDENTIAL_SECONDS, Authenticator, CredentialProvider, MediaStore, ObjectStore
-from .protocol import MAX_OBJECT_KEY, check_workspace_id
+from .rules import (
+    check_fingerprint,
+    check_group_report,
+    check_media_file,
+    check_object_key_form,
+    check_tiny_fingerprints,
+    check_workspace_id,
+)
 from .values import (
     FastUploadQuery,
     FileGroup,
@@ -27,29 +35,10 @@ from .values import (
     utc_now,
 )
 
+# Kept importable from here: it was public before the rules had a module of their own.
+__all__ = ["MediaService", "CallbackOutcome", "check_object_key_form"]
+
 log = logging.getLogger("dji_media.service")
-
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def check_object_key_form(key: str) -> None:
-    """The shape every stored object key must have, wherever it comes from (a device's
-    upload-callback, an import): raise ``BadRequest`` naming ``object_key`` if it is not.
-
-    Object keys are stored as data and never used as file system paths, but a relative key of
-    plain segments is the only kind a device uploads under a workspace's prefix.
-    """
-    # S3 caps keys at 1024 bytes of UTF-8 (and PostgreSQL's index at about 2,700): a key of
-    # 1024 characters of Chinese (3 bytes each) is one no storage accepts.
-    if len(key) > MAX_OBJECT_KEY or len(key.encode("utf-8", "surrogatepass")) > MAX_OBJECT_KEY:
-        raise BadRequest(f"object_key is longer than {MAX_OBJECT_KEY} bytes (UTF-8)", field="object_key")
-    if key.startswith("/") or _CONTROL_CHARACTER.search(key):
-        raise BadRequest("object_key must be a relative key without control characters",
-                         field="object_key")
-    segments = key.split("/")
-    if any(s in ("", ".", "..") for s in segments):
-        raise BadRequest("object_key must not contain empty, '.' or '..' segments", field="object_key")
-
 
 @dataclasses.dataclass(frozen=True)
 class CallbackOutcome:
@@ -114,6 +103,8 @@ class MediaService:
 
     async def fast_upload(self, workspace_id: str, query: FastUploadQuery) -> bool:
         """True if the workspace holds the file and its object is really in the bucket."""
+        check_workspace_id(workspace_id)
+        check_fingerprint(query.fingerprint)
         record = await self.media_store.get(workspace_id, query.fingerprint)
         if record is None:
             return False
@@ -126,6 +117,8 @@ class MediaService:
         self, workspace_id: str, tiny_fingerprints: Sequence[str]
     ) -> List[str]:
         """The distinct tiny fingerprints the workspace holds, in request order."""
+        check_workspace_id(workspace_id)
+        check_tiny_fingerprints(tiny_fingerprints)
         wanted = list(dict.fromkeys(tiny_fingerprints))
         if not wanted:
             return []
@@ -157,6 +150,7 @@ class MediaService:
 
     async def issue_credentials(self, workspace_id: str) -> Tuple[StorageGrant, int]:
         """Credentials for the workspace's prefix and the seconds to advertise as ``expire``."""
+        check_workspace_id(workspace_id)
         grant = await self.credentials.issue(workspace_id)
         expire = int(grant.credentials.seconds_left(utc_now())) - self.expire_margin
         if expire <= 0:
@@ -169,6 +163,8 @@ class MediaService:
 
     async def record_upload(self, workspace_id: str, report: UploadReport) -> CallbackOutcome:
         """Store a successful upload (idempotently); a failed one is acknowledged, not stored."""
+        check_workspace_id(workspace_id)
+        check_media_file(report.file)
         key = report.file.object_key
         self._check_object_key(workspace_id, key)
         if report.result != 0:
@@ -179,8 +175,9 @@ class MediaService:
         return CallbackOutcome(recorded=True, object_key=key, result=0)
 
     async def record_group(self, workspace_id: str, report: GroupReport) -> FileGroup:
-        if report.file_uploaded_count > report.file_count:
-            raise BadRequest("file_uploaded_count must not exceed file_count", field="file_uploaded_count")
+        """Store a mission's totals (latest report wins)."""
+        check_workspace_id(workspace_id)
+        check_group_report(report)
         return await self.media_store.save_group(workspace_id, report)
 
     async def readiness(self) -> Dict[str, Optional[str]]:

@@ -175,3 +175,17 @@ def call(http_client, base_url):
         assert isinstance(envelope["code"], int) and isinstance(envelope["message"], str)
         return response.code, envelope
     return call
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per reason tests were skipped (a missing database URL skips dozens of tests for
+    one reason), in place of pytest's line per test (``-rs``)."""
+    reasons = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        if isinstance(report.longrepr, tuple):
+            reason = report.longrepr[2].replace("Skipped: ", "", 1)
+            reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        terminalreporter.section("skipped, by reason")
+        for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{count:5d}  {reason}")

@@ -39,7 +39,7 @@ from dji_media import (
     StaticCredentialProvider,
     StaticTokenAuthenticator,
     get_handlers,
-    protocol,
+    rules,
 )
 from dji_media.web import DEFAULT_MAX_BODY_BYTES
 from support import TOKEN_A, TOKEN_B
@@ -259,7 +259,7 @@ json_lists = st.lists(json_values, max_size=3)
 non_objects = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), any_text, json_lists)
 # Not st.from_regex: building its character tables costs seconds.
 valid_ws = st.text(st.sampled_from(string.ascii_letters + string.digits + "_-"), min_size=1,
-                   max_size=protocol.MAX_WORKSPACE_ID)
+                   max_size=rules.MAX_WORKSPACE_ID)
 segment = st.text(st.characters(blacklist_characters="/", blacklist_categories=("Cc", "Cs")),
                   min_size=1, max_size=12).filter(lambda s: s not in (".", ".."))
 segments = st.lists(segment, max_size=2)
@@ -269,18 +269,18 @@ fingerprints = st.one_of(st.sampled_from(FP_POOL), st.sampled_from(FP_POOL), tex
 tiny_pool = st.sampled_from(TINY_POOL)
 tiny_value = st.one_of(tiny_pool, tiny_pool, st.none(), texts(max_size=128))
 tiny_items = st.lists(st.one_of(tiny_pool, tiny_pool, texts(min_size=1, max_size=128)), max_size=30)
-tiny_count = st.sampled_from([None] * 8 + [protocol.MAX_TINY_FINGERPRINTS])
+tiny_count = st.sampled_from([None] * 8 + [rules.MAX_TINY_FINGERPRINTS])
 spellings = st.sampled_from(["tinny_fingerprint", "tiny_fingerprint", "both", "none"])
 names = optional(texts(max_size=255))
 paths = optional(texts(max_size=1024))
-results = st.one_of(st.just(0), st.none(), st.integers(-protocol.MAX_INT, protocol.MAX_INT))
-sub_file_types = optional(st.integers(0, protocol.MAX_INT))
+results = st.one_of(st.just(0), st.none(), st.integers(-rules.MAX_INT, rules.MAX_INT))
+sub_file_types = optional(st.integers(0, rules.MAX_INT))
 group_ids = st.one_of(st.sampled_from(GROUP_POOL), texts(min_size=1, max_size=128))
 optional_group_ids = optional(st.one_of(st.sampled_from(GROUP_POOL), texts(max_size=128)))
 created_times = st.one_of(st.sampled_from(EDGE_TIMES), st.sampled_from(EDGE_TIMES), lenient,
                           st.datetimes().map(lambda d: d.isoformat() + "+08:00"))
 positions = st.one_of(lenient, st.fixed_dictionaries({"lat": st.floats(), "lng": lenient}))
-counts = st.one_of(st.integers(0, 20), st.integers(0, protocol.MAX_INT))
+counts = st.one_of(st.integers(0, 20), st.integers(0, rules.MAX_INT))
 extras = st.dictionaries(texts(min_size=1, max_size=8).map(lambda k: "x_" + k), clean_json, max_size=2)
 mutation_counts = st.integers(1, 3)
 operations = st.sampled_from(["retype", "retype", "drop", "null", "huge", "deep", "list"])
@@ -458,7 +458,7 @@ def requests(draw) -> Request:
     else:
         ws, token = draw(any_ws), draw(any_token)
     decoded = ws.decode("utf-8", "replace")
-    text_ws = decoded if protocol.WORKSPACE_ID_RE.fullmatch(decoded) else "ws-a"
+    text_ws = decoded if rules.WORKSPACE_ID_RE.fullmatch(decoded) else "ws-a"
     kind = draw(kinds)
     if kind == "valid":
         body = encode(draw, valid_body(draw, endpoint, text_ws))
@@ -512,7 +512,7 @@ def gate(request: Request) -> Optional[Set[int]]:
         return {401}
     if "*" not in allowed and ws not in allowed:
         return {403}
-    if not protocol.WORKSPACE_ID_RE.fullmatch(ws):
+    if not rules.WORKSPACE_ID_RE.fullmatch(ws):
         return {400}
     if len(request.body) > MAX_BODY:
         return {413}  # a chunked body has no declared length: refused once read, after the token

@@ -23,7 +23,7 @@ from test_databases import admin, database_url, engine, make_store  # noqa: F401
 from dji_media import BadRequest, InMemoryMediaStore, MediaFile, MediaRecord, PeeweeMediaStore
 from dji_media.backends.peewee_schema import _build_models, open_database
 from dji_media.importer import Importer, ImportFailed, open_source
-from dji_media.protocol import parse_upload_callback
+from dji_media.web.wire import parse_upload_callback
 from dji_media.testing.contracts import sample_file
 from support import run_cli, write_config
 

@@ -14,7 +14,8 @@ import referencing.jsonschema
 import yaml
 from openapi_spec_validator import validate as validate_openapi
 
-from dji_media import BadRequest, DatabaseUnavailable, StorageUnavailable, get_handlers, protocol
+from dji_media import BadRequest, DatabaseUnavailable, StorageUnavailable, get_handlers, rules
+from dji_media.web import wire
 from dji_media.web import DEFAULT_MAX_BODY_BYTES
 from support import TOKEN_B
 
@@ -159,8 +160,8 @@ def test_the_workspace_parameter_is_declared_and_matches_the_code(spec):
     parameter = spec.doc["components"]["parameters"]["WorkspaceId"]
     assert (parameter["in"], parameter["required"]) == ("path", True)
     # The code matches with fullmatch; in JSON Schema (ECMA-262) "^...$" means the same.
-    assert parameter["schema"]["pattern"] == "^" + protocol.WORKSPACE_ID_RE.pattern.strip("^$") + "$"
-    assert parameter["schema"]["maxLength"] == protocol.MAX_WORKSPACE_ID
+    assert parameter["schema"]["pattern"] == "^" + rules.WORKSPACE_ID_RE.pattern.strip("^$") + "$"
+    assert parameter["schema"]["maxLength"] == rules.MAX_WORKSPACE_ID
     for path, item in spec.doc["paths"].items():
         assert item["parameters"] == [{"$ref": "#/components/parameters/WorkspaceId"}], path
 
@@ -172,7 +173,7 @@ def test_the_workspace_pattern_is_the_check_of_the_code(spec, workspace_id):
     schema = spec.doc["components"]["parameters"]["WorkspaceId"]["schema"]
     in_spec = Validator(schema).is_valid(workspace_id)
     try:
-        protocol.check_workspace_id(workspace_id)
+        rules.check_workspace_id(workspace_id)
         in_code = True
     except BadRequest:
         in_code = False
@@ -181,23 +182,23 @@ def test_the_workspace_pattern_is_the_check_of_the_code(spec, workspace_id):
 
 def test_request_bounds_are_the_ones_of_protocol_py(spec):
     s = spec.schema
-    assert s("Fingerprint")["maxLength"] == protocol.MAX_FINGERPRINT
-    assert s("TinyFingerprint")["maxLength"] == protocol.MAX_TINY_FINGERPRINT
-    assert s("Name")["maxLength"] == protocol.MAX_NAME
-    assert s("Path")["maxLength"] == protocol.MAX_PATH
-    assert s("LenientShortId")["maxLength"] == protocol.MAX_SHORT_ID
+    assert s("Fingerprint")["maxLength"] == rules.MAX_FINGERPRINT
+    assert s("TinyFingerprint")["maxLength"] == rules.MAX_TINY_FINGERPRINT
+    assert s("Name")["maxLength"] == rules.MAX_NAME
+    assert s("Path")["maxLength"] == rules.MAX_PATH
+    assert s("LenientShortId")["maxLength"] == rules.MAX_SHORT_ID
     tiny = s("TinyFingerprintsRequest")["properties"]["tiny_fingerprints"]
     assert (tiny["maxItems"], tiny["items"]["maxLength"]) == (
-        protocol.MAX_TINY_FINGERPRINTS, protocol.MAX_TINY_FINGERPRINT)
+        rules.MAX_TINY_FINGERPRINTS, rules.MAX_TINY_FINGERPRINT)
     callback = s("UploadCallbackRequest")["properties"]
-    assert callback["object_key"]["maxLength"] == protocol.MAX_OBJECT_KEY
-    assert (callback["result"]["minimum"], callback["result"]["maximum"]) == (-protocol.MAX_INT, protocol.MAX_INT)
-    assert (callback["sub_file_type"]["minimum"], callback["sub_file_type"]["maximum"]) == (0, protocol.MAX_INT)
+    assert callback["object_key"]["maxLength"] == rules.MAX_OBJECT_KEY
+    assert (callback["result"]["minimum"], callback["result"]["maximum"]) == (-rules.MAX_INT, rules.MAX_INT)
+    assert (callback["sub_file_type"]["minimum"], callback["sub_file_type"]["maximum"]) == (0, rules.MAX_INT)
     ext = s("UploadExt")["allOf"][1]["properties"]
-    assert ext["file_group_id"]["maxLength"] == protocol.MAX_SHORT_ID
+    assert ext["file_group_id"]["maxLength"] == rules.MAX_SHORT_ID
     group = s("GroupUploadCallbackRequest")["properties"]
-    assert group["file_group_id"]["maxLength"] == protocol.MAX_SHORT_ID
-    assert group["file_count"]["maximum"] == group["file_uploaded_count"]["maximum"] == protocol.MAX_INT
+    assert group["file_group_id"]["maxLength"] == rules.MAX_SHORT_ID
+    assert group["file_count"]["maximum"] == group["file_uploaded_count"]["maximum"] == rules.MAX_INT
     # The wire spelling and the accepted correct one.
     assert set(s("TinyFingerprintExt")["properties"]) == {"tinny_fingerprint", "tiny_fingerprint"}
 
@@ -205,9 +206,9 @@ def test_request_bounds_are_the_ones_of_protocol_py(spec):
 # ------------------------------------------------ request schemas agree with the parser
 
 KEY = "media/ws-a/DJI_202208311455_008_Waypoint1/DJI_20220831151616_0004_W_Waypoint4.JPG"
-PARSERS = {FAST: protocol.parse_fast_upload, TINY: protocol.parse_tiny_fingerprints,
-           CALLBACK: protocol.parse_upload_callback, GROUP: protocol.parse_group_callback,
-           STS: protocol.parse_sts}
+PARSERS = {FAST: wire.parse_fast_upload, TINY: wire.parse_tiny_fingerprints,
+           CALLBACK: wire.parse_upload_callback, GROUP: wire.parse_group_callback,
+           STS: wire.parse_sts}
 # (path, body, accepted): the strict fields, where schema and parser must say the same.
 REQUEST_CASES = [
     (FAST, {"fingerprint": "F" * 64, "ext": {"tinny_fingerprint": "t" * 128}}, True),
@@ -221,19 +222,19 @@ REQUEST_CASES = [
     (FAST, {"fingerprint": "F", "ext": {"tiny_fingerprint": "t" * 129}}, False),
     (FAST, {"fingerprint": "F", "ext": {"tinny_fingerprint": 5}}, False),
     (TINY, {"tiny_fingerprints": []}, True),
-    (TINY, {"tiny_fingerprints": ["a"] * protocol.MAX_TINY_FINGERPRINTS}, True),
-    (TINY, {"tiny_fingerprints": ["a"] * (protocol.MAX_TINY_FINGERPRINTS + 1)}, False),
+    (TINY, {"tiny_fingerprints": ["a"] * rules.MAX_TINY_FINGERPRINTS}, True),
+    (TINY, {"tiny_fingerprints": ["a"] * (rules.MAX_TINY_FINGERPRINTS + 1)}, False),
     (TINY, {"tiny_fingerprints": [""]}, False),
     (TINY, {"tiny_fingerprints": ["t" * 129]}, False),
     (TINY, {"tiny_fingerprints": "abc"}, False),
     (TINY, {}, False),
     (CALLBACK, {"fingerprint": "F", "object_key": KEY}, True),
     (CALLBACK, {"fingerprint": "F", "object_key": KEY, "result": None, "sub_file_type": None}, True),
-    (CALLBACK, {"fingerprint": "F", "object_key": KEY, "result": -protocol.MAX_INT,
-                "sub_file_type": protocol.MAX_INT}, True),
-    (CALLBACK, {"fingerprint": "F", "object_key": KEY, "result": protocol.MAX_INT + 1}, False),
+    (CALLBACK, {"fingerprint": "F", "object_key": KEY, "result": -rules.MAX_INT,
+                "sub_file_type": rules.MAX_INT}, True),
+    (CALLBACK, {"fingerprint": "F", "object_key": KEY, "result": rules.MAX_INT + 1}, False),
     (CALLBACK, {"fingerprint": "F", "object_key": KEY, "sub_file_type": -1}, False),
-    (CALLBACK, {"fingerprint": "F", "object_key": KEY, "sub_file_type": protocol.MAX_INT + 1}, False),
+    (CALLBACK, {"fingerprint": "F", "object_key": KEY, "sub_file_type": rules.MAX_INT + 1}, False),
     (CALLBACK, {"fingerprint": "F", "object_key": KEY, "result": "0"}, False),
     (CALLBACK, {"fingerprint": "F", "object_key": KEY, "result": True}, False),
     (CALLBACK, {"fingerprint": "F", "object_key": KEY, "sub_file_type": 1.5}, False),
@@ -242,11 +243,11 @@ REQUEST_CASES = [
     (CALLBACK, {"fingerprint": "F"}, False),
     (CALLBACK, {"object_key": KEY}, False),
     (CALLBACK, {"fingerprint": "F", "object_key": KEY, "ext": {"file_group_id": "g" * 129}}, False),
-    (GROUP, {"file_group_id": "g" * 128, "file_count": protocol.MAX_INT,
+    (GROUP, {"file_group_id": "g" * 128, "file_count": rules.MAX_INT,
             "file_uploaded_count": 0}, True),
     (GROUP, {"file_group_id": "", "file_count": 1, "file_uploaded_count": 1}, False),
     (GROUP, {"file_group_id": "g", "file_count": -1, "file_uploaded_count": 0}, False),
-    (GROUP, {"file_group_id": "g", "file_count": protocol.MAX_INT + 1,
+    (GROUP, {"file_group_id": "g", "file_count": rules.MAX_INT + 1,
             "file_uploaded_count": 0}, False),
     (GROUP, {"file_group_id": "g", "file_count": 1.5, "file_uploaded_count": 0}, False),
     (GROUP, {"file_group_id": "g", "file_count": True, "file_uploaded_count": 0}, False),

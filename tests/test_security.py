@@ -7,7 +7,7 @@ import jwt
 import pytest
 
 from dji_media import InMemoryMediaStore, JwtAuthenticator
-from dji_media.protocol import MAX_NAME, MAX_OBJECT_KEY, MAX_TINY_FINGERPRINTS
+from dji_media.rules import MAX_NAME, MAX_OBJECT_KEY, MAX_TINY_FINGERPRINTS
 
 MEDIA = "/media/api/v1/workspaces/ws-a"
 

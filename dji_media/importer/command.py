@@ -5,7 +5,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import BadRequest, DjiMediaError
-from ..protocol import check_workspace_id
+from ..rules import check_workspace_id
 from .run import Importer, ImportFailed
 from .sources import SourceError, open_source
 

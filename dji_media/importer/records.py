@@ -15,7 +15,8 @@ import re
 from typing import Any, Mapping, Optional
 
 from ..errors import BadRequest
-from ..protocol import MAX_SHORT_ID, check_workspace_id, parse_upload_callback
+from ..rules import MAX_SHORT_ID, check_workspace_id
+from ..web.wire import parse_upload_callback
 from ..service import check_object_key_form
 from ..values import MediaFile, MediaRecord
 

@@ -1,4 +1,4 @@
-"""The Tornado handlers. They parse (``protocol``), call the service, render (``protocol``) and
+"""The Tornado handlers. They parse (``wire``), call the service, render (``wire``) and
 map errors in one place; no business rule lives here."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional
 
 import tornado.web
 
-from .. import protocol
+from . import wire
 from ..errors import (
     BadRequest,
     DjiMediaError,
@@ -60,7 +60,7 @@ class EnvelopeMixin:
         # Reached for Tornado's HTTPErrors (404, 405, ...) and for unexpected exceptions, which
         # Tornado has already logged with their traceback. The client gets the reason only.
         message = self._reason if status_code != 500 else "internal server error"
-        self.reply(status_code, protocol.envelope(status_code, message))
+        self.reply(status_code, wire.envelope(status_code, message))
 
 
 @tornado.web.stream_request_body
@@ -143,7 +143,7 @@ class _MediaHandler(EnvelopeMixin, tornado.web.RequestHandler):
         status = status_for(exc)
         log.log(logging.WARNING if status >= 500 else logging.INFO, "%s %s -> %s: %s",
                 self.request.method, self.request.path, status, exc.message)
-        self.reply(status, protocol.envelope(status, exc.message))
+        self.reply(status, wire.envelope(status, exc.message))
 
     async def post(self, workspace_id: str) -> None:
         try:
@@ -158,39 +158,39 @@ class _MediaHandler(EnvelopeMixin, tornado.web.RequestHandler):
 
 class FastUploadHandler(_MediaHandler):
     async def handle(self, workspace_id: str, body: bytes) -> Dict[str, Any]:
-        query = protocol.parse_fast_upload(body)
+        query = wire.parse_fast_upload(body)
         if await self.service.fast_upload(workspace_id, query):
-            return protocol.success()
-        return protocol.unknown_file(query.fingerprint)
+            return wire.success()
+        return wire.unknown_file(query.fingerprint)
 
 
 class TinyFingerprintsHandler(_MediaHandler):
     async def handle(self, workspace_id: str, body: bytes) -> Dict[str, Any]:
-        wanted = protocol.parse_tiny_fingerprints(body)
+        wanted = wire.parse_tiny_fingerprints(body)
         found = await self.service.existing_tiny_fingerprints(workspace_id, wanted)
-        return protocol.success({"tiny_fingerprints": found})
+        return wire.success({"tiny_fingerprints": found})
 
 
 class StsHandler(_MediaHandler):
     async def handle(self, workspace_id: str, body: bytes) -> Dict[str, Any]:
-        protocol.parse_sts(body)
+        wire.parse_sts(body)
         grant, expire = await self.service.issue_credentials(workspace_id)
-        return protocol.success(protocol.render_grant(grant, expire))
+        return wire.success(wire.render_grant(grant, expire))
 
 
 class UploadCallbackHandler(_MediaHandler):
     async def handle(self, workspace_id: str, body: bytes) -> Dict[str, Any]:
-        outcome = await self.service.record_upload(workspace_id, protocol.parse_upload_callback(body))
+        outcome = await self.service.record_upload(workspace_id, wire.parse_upload_callback(body))
         if not outcome.recorded:
-            return protocol.envelope(
-                protocol.CODE_NOT_FOUND,
+            return wire.envelope(
+                wire.CODE_NOT_FOUND,
                 f"upload reported as failed (result {outcome.result}); not recorded",
                 {"object_key": outcome.object_key},
             )
-        return protocol.success({"object_key": outcome.object_key})
+        return wire.success({"object_key": outcome.object_key})
 
 
 class GroupUploadCallbackHandler(_MediaHandler):
     async def handle(self, workspace_id: str, body: bytes) -> Dict[str, Any]:
-        await self.service.record_group(workspace_id, protocol.parse_group_callback(body))
-        return protocol.success()
+        await self.service.record_group(workspace_id, wire.parse_group_callback(body))
+        return wire.success()

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Tuple
 
 import tornado.web
 
-from .. import protocol
+from . import wire
 from ..service import MediaService
 from .handlers import EnvelopeMixin
 
@@ -20,7 +20,7 @@ class LivenessHandler(EnvelopeMixin, tornado.web.RequestHandler):
     SUPPORTED_METHODS = ("GET", "HEAD")
 
     def get(self) -> None:
-        self.reply(200, protocol.envelope(0, "alive"))
+        self.reply(200, wire.envelope(0, "alive"))
 
     head = get
 
@@ -43,9 +43,9 @@ class ReadinessHandler(EnvelopeMixin, tornado.web.RequestHandler):
         data = {name: "unavailable" if problem else "ok" for name, problem in report.items()}
         failing = sorted(name for name, problem in report.items() if problem)
         if failing:
-            self.reply(503, protocol.envelope(503, "not ready: " + ", ".join(failing), data))
+            self.reply(503, wire.envelope(503, "not ready: " + ", ".join(failing), data))
         else:
-            self.reply(200, protocol.envelope(0, "ready", data))
+            self.reply(200, wire.envelope(0, "ready", data))
 
 
 def get_health_handlers(service: MediaService, *, prefix: str = "") -> List[Tuple[str, type, Dict[str, Any]]]:

@@ -1,10 +1,12 @@
-"""The Pilot 2 wire format, parsed and rendered in this one module.
+"""The Pilot 2 HTTP wire format, parsed and rendered in this one module.
 
 Request bodies become the typed values of ``dji_media.values``; results become the
-``{"code", "message", "data"}`` envelope. Nothing else in the package knows the wire spellings
-(``tinny_fingerprint``, ``access_key_secret``). Parsing is strict about what we rely on (types
-and lengths of the fields we store or query) and lenient about the rest: unknown fields are
-ignored and optional metadata that does not parse is kept only in the raw JSON.
+``{"code", "message", "data"}`` envelope. Nothing outside the HTTP transport knows these
+spellings (``tinny_fingerprint``, ``access_key_secret``). Parsing is strict about what we rely
+on (types and lengths of the fields we store or query, checked here to name the field as the
+device spells it; the bounds are the core's, ``dji_media.rules``, and the service checks them
+again) and lenient about the rest: unknown fields are ignored and optional metadata that does
+not parse is kept only in the raw JSON.
 """
 from __future__ import annotations
 
@@ -14,38 +16,24 @@ import math
 import re
 from typing import Any, Dict, List, Mapping, Optional
 
-from .errors import BadRequest
-from .values import FastUploadQuery, GroupReport, MediaFile, StorageGrant, UploadReport
-
-# Bounds on what a client may send (doc/protocol-decisions.md explains each).
-MAX_FINGERPRINT = 64
-MAX_TINY_FINGERPRINT = 128
-MAX_NAME = 255
-MAX_PATH = 1024
-MAX_OBJECT_KEY = 1024
-MAX_SHORT_ID = 128  # model keys, serial numbers, file group ids
-# 15,000 typical tiny fingerprints fit in the default 1 MiB body limit.
-MAX_TINY_FINGERPRINTS = 15000
-MAX_WORKSPACE_ID = 64
-MAX_INT = 2**31 - 1
-
-# Workspace ids end up in storage prefixes and IAM policy resources, so only characters that
-# cannot widen a policy or a path are allowed: no '*', '?', '/', '.', spaces or controls.
-WORKSPACE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_WORKSPACE_ID)
+from ..errors import BadRequest
+from ..rules import (
+    MAX_FINGERPRINT,
+    MAX_INT,
+    MAX_NAME,
+    MAX_OBJECT_KEY,
+    MAX_PATH,
+    MAX_SHORT_ID,
+    MAX_TIME_TEXT,
+    MAX_TINY_FINGERPRINT,
+    MAX_TINY_FINGERPRINTS,
+)
+from ..values import FastUploadQuery, GroupReport, MediaFile, StorageGrant, UploadReport
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 CODE_SUCCESS = 0
 CODE_NOT_FOUND = -1  # Pilot 2 uploads when fast-upload answers a non-zero code
-
-
-def check_workspace_id(workspace_id: str) -> str:
-    if not WORKSPACE_ID_RE.fullmatch(workspace_id or ""):  # fullmatch: "$" would allow "\n"
-        raise BadRequest(
-            f"workspace_id must be 1 to {MAX_WORKSPACE_ID} characters of A-Z, a-z, 0-9, '_' or '-'",
-            field="workspace_id",
-        )
-    return workspace_id
 
 
 # ---------------------------------------------------------------------------- parsing helpers
@@ -152,7 +140,7 @@ def _lenient_str(value: Any, limit: int) -> Optional[str]:
 
 def parse_created_time(text: Any) -> Optional[_dt.datetime]:
     """ISO 8601 with an offset, to UTC. Without an offset the zone is unknown: None."""
-    if not isinstance(text, str) or len(text) > 64:
+    if not isinstance(text, str) or len(text) > MAX_TIME_TEXT:
         return None
     candidate = text.strip()
     if candidate.endswith(("Z", "z")):
@@ -237,7 +225,7 @@ def parse_upload_callback(body: bytes) -> UploadReport:
         absolute_altitude=_lenient_float(meta.get("absolute_altitude")),
         relative_altitude=_lenient_float(meta.get("relative_altitude")),
         created_time=parse_created_time(created_text),
-        created_time_text=_lenient_str(created_text, 64),
+        created_time_text=_lenient_str(created_text, MAX_TIME_TEXT),
         shoot_lat=_lenient_float(position.get("lat")),
         shoot_lng=_lenient_float(position.get("lng")),
         raw_json=_encode_raw(obj),
