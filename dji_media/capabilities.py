@@ -1,0 +1,64 @@
+"""Optional capabilities of the plugin interfaces, and which feature needs which.
+
+A third party's ``MediaStore`` written against an older release must keep working, so new
+abilities never arrive as abstract methods: they arrive as methods with a documented default
+(``MediaStore.insert_missing`` raises ``NotImplementedError``; ``mark_verified`` does nothing).
+A feature that cannot work on that default says so here, once, and the wiring refuses a
+configuration that turns the feature on for a backend without it, naming both, at start-up
+rather than on the first request that needs it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List
+
+from .errors import MissingCapability
+from .interfaces import MediaStore
+
+__all__ = ["Capability", "CAPABILITIES", "has_capability", "require_capability", "capabilities_of"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Capability:
+    """An optional method of an interface: ``method`` of ``interface``, needed by ``feature``."""
+
+    name: str
+    interface: type
+    method: str
+    feature: str
+    without: str  # what the interface's default does, for the error message
+
+
+CAPABILITIES: Dict[str, Capability] = {c.name: c for c in (
+    Capability("import", MediaStore, "insert_missing", "dji-media import (moving records in)",
+               "cannot store imported records"),
+    Capability("confirmations", MediaStore, "mark_verified",
+               "service.verify_window_seconds > 0 (answering from recent storage confirmations)",
+               "forgets every confirmation, so every request asks storage again"),
+    Capability("migrations", MediaStore, "migrate", "dji-media migrate",
+               "has no versioned schema to upgrade"),
+)}
+
+
+def has_capability(backend: object, name: str) -> bool:
+    """Whether ``backend`` implements the capability itself rather than keeping the default."""
+    capability = CAPABILITIES[name]
+    if not isinstance(backend, capability.interface):
+        return False
+    default = getattr(capability.interface, capability.method)
+    return getattr(type(backend), capability.method, default) is not default
+
+
+def require_capability(backend: object, name: str) -> None:
+    """Raise ``MissingCapability`` naming the feature and the backend when it lacks ``name``."""
+    if not has_capability(backend, name):
+        capability = CAPABILITIES[name]
+        raise MissingCapability(
+            "", f"{capability.feature} needs {capability.interface.__name__}.{capability.method}, "
+                f"which {type(backend).__module__}.{type(backend).__qualname__} does not implement "
+                f"(its default {capability.without})")
+
+
+def capabilities_of(backend: object) -> List[str]:
+    """The names of the optional capabilities ``backend`` implements (for ``dji-media check``)."""
+    return [name for name in CAPABILITIES if has_capability(backend, name)]
