@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as _dt
+import decimal
 import json
 import os
 import sqlite3
@@ -108,7 +109,7 @@ DJI_REJECTED = {
     "object_key is longer than 1024 characters": ["id=13"],
     "fingerprint is longer than 64 characters": ["id=19"],
     "create_time is before 1970": ["id=20"],
-    "sub_file_type must be >= 0": ["id=22"],
+    "sub_file_type must be between 0 and 2147483647": ["id=22"],
     "file_name contains a NUL character": ["id=24"],
 }
 # Source ids of the rows that become records (the key is the row's workspace and fingerprint).
@@ -501,3 +502,28 @@ def test_cli_failures(sqlite_source, tmp_path):
     assert "read:" in target.stdout  # what was done before the failure
     for result in (missing, table, scheme, refused, workspace, target):
         assert "Traceback" not in result.stderr
+
+
+def test_rows_become_files_through_the_core_rules():
+    """Conversions a database column needs, and reasons in the source's terms."""
+    from dji_media.errors import RowRejected
+    from dji_media.importer.records import media_file
+
+    columns = {"fingerprint": "fingerprint", "object_key": "object_key", "name": "file_name", "sub_file_type": "sub",
+               "is_original": "orig"}
+    base = {"fingerprint": "F1", "object_key": "media/ws/a.jpg"}
+    file = media_file({**base, "sub": decimal.Decimal(1), "orig": 1, "file_name": ""}, columns)
+    assert (file.sub_file_type, file.is_original, file.name) == (1, True, None)
+    assert media_file({**base, "sub": " 2 ", "orig": "false"}, columns).sub_file_type == 2
+    assert media_file({**base, "orig": 7}, columns).is_original is None  # unknown, not refused
+    for row, reason in [
+        ({**base, "file_name": "n" * 256}, "file_name is longer than 255 characters"),
+        ({**base, "file_name": 5}, "file_name must be a string"),
+        ({**base, "sub": "two"}, "sub must be an integer"),
+        ({**base, "sub": True}, "sub must be an integer"),
+        ({**base, "object_key": "a//b"}, "object_key must not contain empty, '.' or '..' segments"),
+        ({**base, "object_key": "媒" * 400}, "object_key is longer than 1024 bytes (UTF-8)"),
+    ]:
+        with pytest.raises(RowRejected) as caught:
+            media_file(row, columns)
+        assert caught.value.reason == reason

@@ -9,13 +9,16 @@
         source.close()
     print("\\n".join(summary.lines()))
 
-``sources`` says what a source is and opens one from a URL; ``dji_demo`` and ``sqlite_source``
-read the two schemas; ``records`` turns a row into a checked record; ``run`` does the import and
-``command`` is ``dji-media import``. doc/importing.md describes the mapping and the rules.
+``sources`` says what a source is; ``dji_demo`` and ``sqlite_source`` read the two schemas;
+``opening`` opens one from a URL; ``records`` turns a row into a record checked with the core's
+rules (``dji_media.rules``); ``run`` does the import and ``command`` is ``dji-media import``. Their
+errors are in ``dji_media.errors``. doc/importing.md describes the mapping and the rules.
 """
+from ..errors import ImportFailed, SourceError
 from .dji_demo import DjiDemoSource
-from .run import Importer, ImportFailed, ImportSummary
-from .sources import Source, SourceError, open_source
+from .opening import open_source
+from .run import Importer, ImportSummary
+from .sources import Source
 from .sqlite_source import SqliteSource
 
 __all__ = ["ImportFailed", "Importer", "ImportSummary", "DjiDemoSource", "Source", "SourceError",

@@ -4,10 +4,10 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-from ..errors import BadRequest, DjiMediaError
+from ..errors import BadRequest, DjiMediaError, ImportFailed, SourceError
 from ..rules import check_workspace_id
-from .run import Importer, ImportFailed
-from .sources import SourceError, open_source
+from .opening import open_source
+from .run import Importer
 
 # Exit statuses: 0 the run completed (rejected rows included: they are reported, not fatal),
 # 1 the source could not be read or the target could not be written, 2 bad arguments.

@@ -5,9 +5,10 @@ import datetime as _dt
 from typing import Any, Iterator, List, Optional, Sequence, Set, Tuple
 from urllib.parse import parse_qs, unquote, urlparse
 
+from ..errors import SourceError
 from ..values import MediaRecord
 from . import records
-from .sources import Key, Source, SourceError, SourceRow, identifier, select_list
+from .sources import Key, Source, SourceRow, identifier, select_list
 
 
 class DjiDemoSource(Source):
@@ -17,6 +18,11 @@ class DjiDemoSource(Source):
     columns = ("file_id", "file_name", "file_path", "workspace_id", "fingerprint", "tinny_fingerprint",
                "object_key", "sub_file_type", "is_original", "drone", "payload", "job_id", "create_time",
                "update_time")
+    # The MediaFile field each column fills.
+    fields = {"fingerprint": "fingerprint", "object_key": "object_key", "tiny_fingerprint": "tinny_fingerprint",
+              "name": "file_name", "path": "file_path", "sub_file_type": "sub_file_type",
+              "is_original": "is_original", "drone_model_key": "drone", "payload_model_key": "payload",
+              "job_id": "job_id"}
 
     def __init__(self, url: str, table: str = "media_file") -> None:
         try:
@@ -111,14 +117,7 @@ class DjiDemoSource(Source):
         v = row.values
         records.check_columns(v)
         workspace_id = records.workspace(v.get("workspace_id"))
-        file = records.media_file(
-            fingerprint=v.get("fingerprint"), object_key=v.get("object_key"),
-            tiny_fingerprint=records.optional_text(v.get("tinny_fingerprint")),
-            name=records.optional_text(v.get("file_name")), path=records.optional_text(v.get("file_path")),
-            sub_file_type=v.get("sub_file_type"), drone_model_key=records.optional_text(v.get("drone")),
-            payload_model_key=records.optional_text(v.get("payload")), is_original=v.get("is_original"),
-            job_id=records.optional_text(v.get("job_id")),
-        )
+        file = records.media_file(v, self.fields)
         created = records.epoch_milliseconds("create_time", v.get("create_time"))
         updated = records.epoch_milliseconds("update_time", v.get("update_time"))
         record = records.media_record(workspace_id=workspace_id, file=file, created_at=created,

@@ -1,9 +1,11 @@
-"""Turning one source row into a media record, with the rules the server applies to devices.
+"""Turning one source row into a media record, checked with the core's rules.
 
-A row is checked by the very parser that reads upload-callbacks (``protocol``: required
-fingerprint and object key, lengths, types) and the service's object key rule, so an imported
-record is one a device could have recorded. What is particular to an import is here: column
-names in the reasons, source text that is not storable, and times stored as numbers.
+The record is built directly from the row, with the lenient conversions a database column
+needs (a driver's Decimal for an integer, 0/1 for a boolean, epoch numbers or ISO text for a
+time), and checked with ``dji_media.rules``, the bounds every stored file keeps whichever
+transport or caller it came from, so an imported record is one a device could have recorded.
+What is particular to an import is here: reasons that name the source's column, text no engine
+stores, and the spellings of "none" a source uses.
 """
 from __future__ import annotations
 
@@ -11,26 +13,25 @@ import dataclasses
 import datetime as _dt
 import decimal
 import json
+import math
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Collection, Dict, Mapping, Optional
 
-from ..errors import BadRequest
-from ..rules import MAX_SHORT_ID, check_workspace_id
-from ..web.wire import parse_upload_callback
-from ..service import check_object_key_form
+from ..errors import BadRequest, RowRejected
+from ..rules import MAX_FINGERPRINT, MAX_OBJECT_KEY, check_media_file, check_text, check_workspace_id
 from ..values import MediaFile, MediaRecord
 
 EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False}
 
-
-class Rejected(Exception):
-    """The row cannot become a record; ``reason`` says why without quoting the row."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+# How each MediaFile field a source can fill is read from its column.
+_KEYS = frozenset({"fingerprint", "object_key"})
+_TEXT = frozenset({"tiny_fingerprint", "name", "path", "file_group_id", "drone_model_key", "payload_model_key", "sn",
+                   "job_id", "created_time_text"})
+_FLOAT = frozenset({"gimbal_yaw_degree", "absolute_altitude", "relative_altitude", "shoot_lat", "shoot_lng"})
 
 
 def check_columns(row: Mapping[str, Any]) -> None:
@@ -39,14 +40,9 @@ def check_columns(row: Mapping[str, Any]) -> None:
     for column, value in row.items():
         if isinstance(value, str):
             if "\x00" in value:
-                raise Rejected(f"{column} contains a NUL character")
+                raise RowRejected(f"{column} contains a NUL character")
             if _SURROGATE.search(value):
-                raise Rejected(f"{column} is not valid UTF-8")
-
-
-def optional_text(value: Any) -> Any:
-    """Empty text in an optional column means "none": DJI's demo writes '' as its default."""
-    return None if value == "" else value
+                raise RowRejected(f"{column} is not valid UTF-8")
 
 
 def workspace(value: Any) -> str:
@@ -54,7 +50,45 @@ def workspace(value: Any) -> str:
     try:
         return check_workspace_id(value if isinstance(value, str) else "")
     except BadRequest as exc:
-        raise Rejected(exc.message) from None
+        raise RowRejected(exc.message) from None
+
+
+def lenient_int(value: Any) -> Any:
+    """An integer column's value as an int, whatever type the driver gave it (a DECIMAL, text of
+    digits in SQLite, a float without a fraction). Anything else is returned as it is, for the
+    rule to refuse: a wrong number is a broken row, not a missing one."""
+    if isinstance(value, bool) or isinstance(value, int):
+        return value
+    if isinstance(value, decimal.Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+        return int(value.strip())
+    return value
+
+
+def lenient_bool(value: Any) -> Optional[bool]:
+    """0/1 (MySQL's TINYINT(1)), true/false or a bool; anything else is unknown (None), as a
+    device's unreadable metadata is: the source row in raw_json still has it."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, decimal.Decimal)) and value in (0, 1):
+        return value == 1
+    if isinstance(value, str):
+        return _BOOLEAN_TEXT.get(value.strip().lower())
+    return None
+
+
+def lenient_float(value: Any) -> Optional[float]:
+    """A finite number from a number or numeric text; anything else is unknown (None)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        result = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        return None
+    return result if math.isfinite(result) else None
 
 
 def epoch_milliseconds(column: str, value: Any) -> Optional[_dt.datetime]:
@@ -65,13 +99,13 @@ def epoch_milliseconds(column: str, value: Any) -> Optional[_dt.datetime]:
     if isinstance(value, decimal.Decimal) and value == value.to_integral_value():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise Rejected(f"{column} is not epoch milliseconds")
+        raise RowRejected(f"{column} is not epoch milliseconds")
     if value < 0:
-        raise Rejected(f"{column} is before 1970")
+        raise RowRejected(f"{column} is before 1970")
     try:
         return EPOCH + _dt.timedelta(milliseconds=value)
     except OverflowError:
-        raise Rejected(f"{column} is after the year 9999") from None
+        raise RowRejected(f"{column} is after the year 9999") from None
 
 
 def sqlite_time(column: str, value: Any) -> Optional[_dt.datetime]:
@@ -89,15 +123,15 @@ def sqlite_time(column: str, value: Any) -> Optional[_dt.datetime]:
         else:
             return _iso_time(column, text)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise Rejected(f"{column} is not a time (ISO 8601 text or epoch seconds)")
+        raise RowRejected(f"{column} is not a time (ISO 8601 text or epoch seconds)")
     if value == 0:
         return None
     if value < 0 or value != value:  # value != value: NaN
-        raise Rejected(f"{column} is before 1970")
+        raise RowRejected(f"{column} is before 1970")
     try:
         return EPOCH + _dt.timedelta(seconds=value)
     except OverflowError:  # epoch milliseconds land here: this column holds seconds
-        raise Rejected(f"{column} is after the year 9999 (epoch seconds expected)") from None
+        raise RowRejected(f"{column} is after the year 9999 (epoch seconds expected)") from None
 
 
 def _iso_time(column: str, text: str) -> _dt.datetime:
@@ -106,38 +140,57 @@ def _iso_time(column: str, text: str) -> _dt.datetime:
     try:
         parsed = _dt.datetime.fromisoformat(text)
     except ValueError:
-        raise Rejected(f"{column} is not a time (ISO 8601 text or epoch seconds)") from None
+        raise RowRejected(f"{column} is not a time (ISO 8601 text or epoch seconds)") from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=_dt.timezone.utc)
     try:
         return parsed.astimezone(_dt.timezone.utc)
     except OverflowError:
-        raise Rejected(f"{column} is out of range") from None
+        raise RowRejected(f"{column} is out of range") from None
 
 
-def media_file(*, fingerprint: Any, object_key: Any, tiny_fingerprint: Any = None, name: Any = None,
-               path: Any = None, sub_file_type: Any = None, drone_model_key: Any = None,
-               payload_model_key: Any = None, is_original: Any = None, job_id: Any = None) -> MediaFile:
-    """Check the fields as an upload-callback carrying them would be checked; the file has the
-    placeholder raw JSON of that callback (the caller records the source row instead)."""
-    body = {
-        "fingerprint": fingerprint, "object_key": object_key, "name": name, "path": path,
-        "sub_file_type": sub_file_type,
-        "ext": {"tinny_fingerprint": tiny_fingerprint, "drone_model_key": drone_model_key,
-                "payload_model_key": payload_model_key, "is_original": is_original},
-    }
+def media_file(row: Mapping[str, Any], columns: Mapping[str, str], *,
+               none_text: Collection[str] = ("",)) -> MediaFile:
+    """The file a row describes, checked with the core's rules; ``RowRejected`` otherwise.
+
+    ``columns`` maps each MediaFile field the source fills to the column holding it (two fields
+    may read one column). Optional text equal to one of ``none_text`` is none: the value a
+    source writes when it knows nothing (DJI's demo: '' and 'undefined'). A reason names the
+    source's column rather than the field, since the source is what an operator fixes.
+    """
+    values: Dict[str, Any] = {}
+    for field, column in columns.items():
+        value = row.get(column)
+        if field in _KEYS:
+            values[field] = value
+        elif field in _TEXT:
+            values[field] = None if isinstance(value, str) and value in none_text else value
+        elif field == "sub_file_type":
+            values[field] = None if value is None else lenient_int(value)
+        elif field == "is_original":
+            values[field] = lenient_bool(value)
+        elif field in _FLOAT:
+            values[field] = lenient_float(value)
+        else:  # a source's mapping names a field no column can fill (created_time, raw_json)
+            raise ValueError(f"MediaFile.{field} cannot be read from a source column")
     try:
-        file = parse_upload_callback(json.dumps(body).encode("utf-8")).file
-        check_object_key_form(file.object_key)
+        # Required, and the length in characters first: the reasons a device's callback gets.
+        check_text(values.get("fingerprint"), MAX_FINGERPRINT, "fingerprint", required=True)
+        check_text(values.get("object_key"), MAX_OBJECT_KEY, "object_key", required=True)
+        file = MediaFile(**values)
+        check_media_file(file)
     except BadRequest as exc:
-        raise Rejected(exc.message) from None
-    if job_id is not None:
-        if not isinstance(job_id, str):
-            raise Rejected("job_id must be a string")
-        if len(job_id) > MAX_SHORT_ID:
-            raise Rejected(f"job_id is longer than {MAX_SHORT_ID} characters")
-        file = dataclasses.replace(file, job_id=job_id)
+        raise RowRejected(_in_source_terms(exc, columns)) from None
     return file
+
+
+def _in_source_terms(exc: BadRequest, columns: Mapping[str, str]) -> str:
+    """The rule's reason with the field's name replaced by the source column's."""
+    field = exc.field or ""
+    column = columns.get(field)
+    if column and column != field and exc.message.startswith(field + " "):
+        return column + exc.message[len(field):]
+    return exc.message
 
 
 def media_record(*, workspace_id: str, file: MediaFile, created_at: Optional[_dt.datetime],

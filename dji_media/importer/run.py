@@ -13,13 +13,12 @@ import concurrent.futures
 import dataclasses
 import datetime as _dt
 import functools
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
-from ..errors import DjiMediaError
+from ..errors import DjiMediaError, ImportFailed, ImportTargetFailed, RowRejected, SourceError
 from ..interfaces import MediaStore
 from ..values import MediaRecord, utc_now
-from .records import Rejected
-from .sources import Key, Source, SourceError
+from .sources import Key, Source
 
 EXAMPLES = 3  # source row ids shown per reason
 _OLDEST = _dt.datetime.min.replace(tzinfo=_dt.timezone.utc)
@@ -62,19 +61,6 @@ class ImportSummary:
             examples = self.rejected_examples[reason]
             out.append(f"  {count} x {reason}: {', '.join(examples)}{', ...' if count > len(examples) else ''}")
         return out
-
-
-class ImportFailed(DjiMediaError):
-    """The source could not be read or the target could not be written. ``summary`` counts
-    what was done before (what was imported stays: running the import again is safe)."""
-
-    def __init__(self, message: str, summary: Optional[ImportSummary]) -> None:
-        super().__init__(message)
-        self.summary = summary
-
-
-class _TargetFailed(DjiMediaError):
-    pass
 
 
 class _Tally:
@@ -151,12 +137,13 @@ class Importer:
         return await self._read(self.source.count, self.workspaces)
 
     async def run(self, advance: Callable[[int], None] = lambda rows: None) -> ImportSummary:
-        """Import; ``advance(n)`` is called as rows are handled. Raises ``ImportFailed``."""
+        """Import; ``advance(n)`` is called as rows are handled. Raises ``ImportFailed``, whose
+        ``summary`` (an ``ImportSummary``) counts what was done before the failure."""
         tally = _Tally()
         winners: Dict[Key, str] = {}
         try:
             await self._run(tally, winners, advance)
-        except (SourceError, _TargetFailed) as exc:
+        except (SourceError, ImportTargetFailed) as exc:
             raise ImportFailed(exc.message, tally.summary(self.source.describe(), self.dry_run, winners)) from exc
         return tally.summary(self.source.describe(), self.dry_run, winners)
 
@@ -176,7 +163,7 @@ class Importer:
                 sequence += 1
                 try:
                     record, written = self.source.convert(row, started)
-                except Rejected as exc:
+                except RowRejected as exc:
                     tally.reject(exc.reason, row.row_id)
                     continue
                 key = (record.workspace_id, record.file.fingerprint)
@@ -209,7 +196,7 @@ class Importer:
                 inserted = await self.store.insert_missing(batch)
         except Exception as exc:  # whatever the store raises, the run stops here and says so
             detail = exc.message if isinstance(exc, DjiMediaError) else f"{type(exc).__name__}: {exc}"
-            raise _TargetFailed(f"the target store failed: {detail}") from exc
+            raise ImportTargetFailed(f"the target store failed: {detail}") from exc
         added = sum(inserted)
         tally.imported += added
         tally.present += len(batch) - added

@@ -1,5 +1,6 @@
-"""What an import asks of the database it reads, and opening one from a URL: DJI's demo server
-(MySQL, ``dji_demo``) or a SQLite ``media_files`` table (``sqlite_source``).
+"""What an import asks of the database it reads: the base the sources (DJI's demo server,
+``dji_demo``; a SQLite ``media_files`` table, ``sqlite_source``) share. ``opening`` picks one by
+URL; it lives above them, so that this module names none of them.
 
 Each source reads in chunks in the order of a unique column (keyset pagination: no query stays
 open between chunks, and no chunk costs more than the one before), inside one read-only
@@ -12,15 +13,11 @@ import datetime as _dt
 import re
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
-from ..errors import DjiMediaError
+from ..errors import SourceError
 from ..values import MediaRecord
 
 Key = Tuple[str, str]
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,63}")
-
-
-class SourceError(DjiMediaError):
-    """The source database cannot be opened or read; the message names what, not how."""
 
 
 class SourceRow:
@@ -57,7 +54,7 @@ class Source:
 
     def convert(self, row: SourceRow, started: _dt.datetime) -> Tuple[MediaRecord, Optional[_dt.datetime]]:
         """The record of a row and the time the row was last written (None: unknown), which
-        decides between duplicates; ``Rejected`` if the row is not a valid record."""
+        decides between duplicates; ``RowRejected`` if the row is not a valid record."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -75,22 +72,4 @@ def select_list(present: Sequence[str], wanted: Sequence[str], required: Sequenc
     if missing:
         raise SourceError(f"source table {table} has no column {', '.join(missing)}")
     return [c for c in wanted if c in present]
-
-
-def open_source(url: str, table: Optional[str] = None) -> Source:
-    """``mysql://user:password@host:port/database`` (DJI's demo, table ``media_file``) or
-    ``sqlite:///relative/path`` / ``sqlite:////absolute/path`` (table ``media_files``)."""
-    from .dji_demo import DjiDemoSource  # here: they import this module
-    from .sqlite_source import SqliteSource
-
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme == "mysql":
-        return DjiDemoSource(url, **({"table": table} if table else {}))
-    if scheme == "sqlite":
-        path = url.split("://", 1)[1]
-        path = path[1:] if path.startswith("/") else path  # as open_database reads it
-        if not path:
-            raise SourceError("source URL: sqlite URL needs a file path, e.g. sqlite:///old/media.sqlite3")
-        return SqliteSource(path, **({"table": table} if table else {}))
-    raise SourceError("source URL must start with mysql:// (DJI's demo server) or sqlite:///")
 

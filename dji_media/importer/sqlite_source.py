@@ -7,9 +7,10 @@ import sqlite3
 from typing import Any, Iterator, List, Optional, Sequence, Set, Tuple
 from urllib.parse import quote
 
+from ..errors import SourceError
 from ..values import MediaRecord
 from . import records
-from .sources import Key, Source, SourceError, SourceRow, identifier, select_list
+from .sources import Key, Source, SourceRow, identifier, select_list
 
 
 class SqliteSource(Source):
@@ -18,6 +19,9 @@ class SqliteSource(Source):
     kind = "sqlite"
     columns = ("workspace_id", "fingerprint", "tiny_fingerprint", "object_key", "file_name", "file_path",
                "created_at")
+    # The MediaFile field each column fills.
+    fields = {"fingerprint": "fingerprint", "object_key": "object_key", "tiny_fingerprint": "tiny_fingerprint",
+              "name": "file_name", "path": "file_path"}
 
     def __init__(self, path: str, table: str = "media_files") -> None:
         self._errors = (sqlite3.Error,)
@@ -89,11 +93,7 @@ class SqliteSource(Source):
         v = row.values
         records.check_columns(v)
         workspace_id = records.workspace(v.get("workspace_id"))
-        file = records.media_file(
-            fingerprint=v.get("fingerprint"), object_key=v.get("object_key"),
-            tiny_fingerprint=records.optional_text(v.get("tiny_fingerprint")),
-            name=records.optional_text(v.get("file_name")), path=records.optional_text(v.get("file_path")),
-        )
+        file = records.media_file(v, self.fields)
         created = records.sqlite_time("created_at", v.get("created_at"))
         record = records.media_record(workspace_id=workspace_id, file=file, created_at=created,
                                       updated_at=None, fallback=started, source=self.kind,
