@@ -189,3 +189,8 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("skipped, by reason")
         for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
             terminalreporter.write_line(f"{count:5d}  {reason}")
+
+
+# The fixtures of the tests on the PostgreSQL and MySQL/MariaDB servers (engine, database_url,
+# admin, make_store) live in a helper module; imported here, every test module can use them.
+from databases import admin_fixture, database_url_fixture, engine_fixture, make_store_fixture  # noqa: E402, F401

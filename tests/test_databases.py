@@ -13,11 +13,9 @@ import threading
 
 import pytest
 
-from dji_media import BadRequest, DatabaseUnavailable, PeeweeMediaStore
-from dji_media.backends.peewee_store import open_database
+from dji_media import BadRequest, DatabaseUnavailable
 from dji_media.testing.contracts import MediaStoreContract, sample_file
 from dji_media.values import GroupReport, MediaFile
-from support import SERVER_ENGINES, database_url_for
 
 # Per engine: this connection's server-side id, a query that runs long enough to be killed
 # midway, and how to kill another connection.
@@ -25,42 +23,6 @@ SQL = {
     "postgresql": ("SELECT pg_backend_pid()", "SELECT pg_sleep(30)", "SELECT pg_terminate_backend(%s)"),
     "mysql": ("SELECT CONNECTION_ID()", "SELECT SLEEP(30)", "KILL %s"),
 }
-
-
-@pytest.fixture(params=sorted(SERVER_ENGINES))
-def engine(request):
-    return request.param
-
-
-@pytest.fixture
-def database_url(engine, tmp_path):
-    return database_url_for(engine, tmp_path)
-
-
-@pytest.fixture
-def admin(database_url):
-    """A connection of the test's own, outside any store."""
-    db = open_database(database_url, max_connections=1)
-    db.connect()
-    yield db
-    db.close_all()
-
-
-@pytest.fixture
-def make_store(engine, fresh_tables, io_loop):
-    """Stores on fresh tables (one prefix per call); their tables are dropped afterwards."""
-    made = []
-
-    def make(**options):
-        url, prefix = fresh_tables(engine)
-        options["table_prefix"] = prefix
-        store = PeeweeMediaStore(url=url, **options)
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        io_loop.run_sync(store.close)
 
 
 class TestDatabaseMediaStores(MediaStoreContract):

@@ -19,12 +19,10 @@ from urllib.parse import unquote, urlparse
 
 import peewee
 import pytest
-from test_databases import admin, database_url, engine, make_store  # noqa: F401 - fixtures
 
 from dji_media import BadRequest, InMemoryMediaStore, MediaFile, MediaRecord, PeeweeMediaStore
-from dji_media.backends.peewee_schema import _build_models, open_database
+from dji_media.backends.peewee_schema import open_database
 from dji_media.importer import Importer, ImportFailed, open_source
-from dji_media.web.wire import parse_upload_callback
 from dji_media.testing.contracts import sample_file
 from support import run_cli, write_config
 
@@ -250,11 +248,26 @@ def sqlite_source(tmp_path):
 
 # --------------------------------------------------------------------------------- helpers
 
-async def everything(store: PeeweeMediaStore):
-    """Every record of a peewee store, by key."""
-    m = store._media
-    keys = await store._run(lambda: list(m.select(m.workspace_id, m.fingerprint).tuples()))
-    return {key: await store.get(*key) for key in keys}
+class Target:
+    """A peewee store on tables of the test's own, and a connection of the test's own to them."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.store = PeeweeMediaStore(url=url, table_prefix=prefix)
+        self.db = open_database(url, max_connections=1)
+        self.table = f"{self.db.quote[0]}{prefix}media_file{self.db.quote[-1]}"
+
+    def keys(self):
+        return self.db.execute_sql(f"SELECT workspace_id, fingerprint FROM {self.table}").fetchall()
+
+    async def close(self) -> None:
+        await self.store.close()
+        getattr(self.db, "close_all", self.db.close)()  # pooled (servers) or not (SQLite)
+
+
+async def everything(target: Target):
+    """Every record of the target, by key: the keys from the test's own connection, the records
+    as the store reads them."""
+    return {tuple(key): await target.store.get(*key) for key in target.keys()}
 
 
 async def import_once(store, url, **options):
@@ -268,9 +281,9 @@ async def import_once(store, url, **options):
 
 
 def device_record(workspace_id: str, fingerprint: str) -> MediaFile:
-    body = {"result": 0, "fingerprint": fingerprint, "object_key": f"media/{workspace_id}/device.jpg",
-            "name": "from-the-device.jpg"}
-    return parse_upload_callback(json.dumps(body).encode()).file
+    """A file as a device's upload-callback records it."""
+    return MediaFile(fingerprint=fingerprint, object_key=f"media/{workspace_id}/device.jpg",
+                     name="from-the-device.jpg", raw_json=json.dumps({"fingerprint": fingerprint}))
 
 
 def check_dji_summary(summary, *, imported: int, present: int) -> None:
@@ -281,20 +294,21 @@ def check_dji_summary(summary, *, imported: int, present: int) -> None:
     assert sorted(summary.duplicate_examples) == ["id=2, id=5 (kept id=3)", "id=6 (kept id=7)"]
 
 
-async def dji_import_round_trip(store, url) -> None:
+async def dji_import_round_trip(target: Target, url) -> None:
     """Dry run, import, field by field check, and a second run that changes nothing."""
+    store = target.store
     await store.upsert("ws-a", device_record("ws-a", "PRESENT"))
-    before = await everything(store)
+    before = await everything(target)
     dry = await import_once(store, url, dry_run=True)
     assert dry.dry_run
     check_dji_summary(dry, imported=len(DJI_IMPORTED), present=1)
-    assert await everything(store) == before  # the dry run wrote nothing
+    assert await everything(target) == before  # the dry run wrote nothing
 
     started = _dt.datetime.now(UTC)
     summary = await import_once(store, url)
     finished = _dt.datetime.now(UTC)
     check_dji_summary(summary, imported=len(DJI_IMPORTED), present=1)
-    stored = await everything(store)
+    stored = await everything(target)
     assert stored[("ws-a", "PRESENT")] == before[("ws-a", "PRESENT")]  # the device's record, untouched
     assert len(stored) == len(DJI_IMPORTED) + 1
     for row_id in DJI_IMPORTED:
@@ -303,38 +317,42 @@ async def dji_import_round_trip(store, url) -> None:
 
     again = await import_once(store, url)
     check_dji_summary(again, imported=0, present=len(DJI_IMPORTED) + 1)
-    assert await everything(store) == stored  # same revisions, times and values
+    assert await everything(target) == stored  # same revisions, times and values
 
 
 # ----------------------------------------------------------------------------------- tests
 
 @pytest.mark.gen_test(timeout=60)
-async def test_dji_demo_into_sqlite(dji_source_url, sqlite_url):
-    store = PeeweeMediaStore(url=sqlite_url)
+async def test_dji_demo_into_sqlite(dji_source_url, fresh_tables):
+    target = Target(*fresh_tables("sqlite"))
     try:
-        await dji_import_round_trip(store, dji_source_url)
+        await dji_import_round_trip(target, dji_source_url)
     finally:
-        await store.close()
+        await target.close()
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_dji_demo_into_database_servers(dji_source_url, make_store):  # noqa: F811 - fixture
+async def test_dji_demo_into_database_servers(dji_source_url, engine, fresh_tables):
     """Into PostgreSQL and MariaDB (each skips, naming its variable, when unset)."""
-    await dji_import_round_trip(make_store(), dji_source_url)
+    target = Target(*fresh_tables(engine))
+    try:
+        await dji_import_round_trip(target, dji_source_url)
+    finally:
+        await target.close()
 
 
 @pytest.mark.gen_test
-async def test_sqlite_server_into_sqlite(sqlite_source, sqlite_url):
-    store = PeeweeMediaStore(url=sqlite_url)
+async def test_sqlite_server_into_sqlite(sqlite_source, fresh_tables):
+    target = Target(*fresh_tables("sqlite"))
     try:
         started = _dt.datetime.now(UTC)
-        summary = await import_once(store, f"sqlite:///{sqlite_source}")
+        summary = await import_once(target.store, f"sqlite:///{sqlite_source}")
         finished = _dt.datetime.now(UTC)
-        stored = await everything(store)
-        again = await import_once(store, f"sqlite:///{sqlite_source}")
-        assert await everything(store) == stored
+        stored = await everything(target)
+        again = await import_once(target.store, f"sqlite:///{sqlite_source}")
+        assert await everything(target) == stored
     finally:
-        await store.close()
+        await target.close()
     kept = [(row, outcome) for row, outcome in SQLITE_ROWS
             if isinstance(outcome, _dt.datetime) or outcome == "started"]
     reasons = {}
@@ -406,27 +424,27 @@ async def test_insert_missing_refuses_what_cannot_be_stored(sqlite_url):
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_insert_missing_while_another_writer_races(make_store, database_url):  # noqa: F811
+async def test_insert_missing_while_another_writer_races(engine, fresh_tables):
     """Another connection inserts a key after insert_missing has looked for it and before its
     INSERT: that writer's row wins, is reported not inserted, and the rest goes in."""
-    store = make_store()
+    target = Target(*fresh_tables(engine))
+    store = target.store
     await store.upsert("ws", sample_file("Y"))
     now = _dt.datetime.now(UTC)
-    prefix = store._media._meta.table_name[:-len("media_file")]
     inserted, release = threading.Event(), threading.Event()
 
     def other_writer():
-        db = open_database(database_url, max_connections=1)
-        _, media, _ = _build_models(db, prefix)
+        db, mark = target.db, target.db.param
         try:
             with db.atomic():
-                media.insert(workspace_id="ws", fingerprint="K", object_key="media/ws/racer.jpg", raw_json="{}",
-                             name="racer", revision=1, created_at=now.replace(tzinfo=None),
-                             updated_at=now.replace(tzinfo=None)).execute()
+                db.execute_sql(f"INSERT INTO {target.table} (workspace_id, fingerprint, object_key, raw_json, "
+                               f"name, revision, created_at, updated_at) VALUES ({', '.join([mark] * 8)})",
+                               ("ws", "K", "media/ws/racer.jpg", "{}", "racer", 1, now.replace(tzinfo=None),
+                                now.replace(tzinfo=None)))
                 inserted.set()
                 release.wait(10)  # committed only once insert_missing waits for this row
         finally:
-            db.close_all()
+            db.close()  # this thread's connection back to the pool
 
     thread = threading.Thread(target=other_writer)
     thread.start()
@@ -439,12 +457,13 @@ async def test_insert_missing_while_another_writer_races(make_store, database_ur
         await asyncio.sleep(0.5)
         release.set()
         assert await task == [False, False, True]
+        assert (await store.get("ws", "K")).file.name == "racer"
+        assert (await store.get("ws", "Y")).revision == 1
+        assert (await store.get("ws", "Z")).file == sample_file("Z")
     finally:
         release.set()
         thread.join(10)
-    assert (await store.get("ws", "K")).file.name == "racer"
-    assert (await store.get("ws", "Y")).revision == 1
-    assert (await store.get("ws", "Z")).file == sample_file("Z")
+        await target.close()
 
 
 def test_cli_end_to_end(sqlite_source, tmp_path):
