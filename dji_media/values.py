@@ -63,6 +63,9 @@ class MediaFile:
     # The mission (job) the file belongs to, when a source knows it (DJI's demo server stores
     # it; Pilot 2's callbacks do not carry it). A write without one keeps the stored one.
     job_id: Optional[str] = None
+    # The payload's (camera's) display name, "M30 Camera", when a source recorded it instead of
+    # a model key (DJI's demo server does). Like job_id, a write without one keeps the stored one.
+    payload_name: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,10 +1,13 @@
-"""Schema versions: a database at the first released schema (version 1), filled with records
-covering the edge cases, upgraded by `dji-media migrate`, keeps every record and group; a store,
-`serve` and `check` refuse a database at another version with one line saying what to run.
+"""Schema versions: a database at the first released schema (version 1), or at version 2,
+filled with records covering the edge cases, upgraded by `dji-media migrate`, keeps every record
+and group; a store, `serve` and `check` refuse a database at another version with one line saying
+what to run.
 
 Version 1's tables come from tests/schema_v1/<engine>.sql: DDL frozen from the models of commit
 69384d1 (tests/schema_v1/generate.py wrote it, and says how), not from today's models, so that a
-change to the models cannot change what is being upgraded.
+change to the models cannot change what is being upgraded. Version 2's are version 1's with
+step 2 of ``peewee_migrations.STEPS`` applied: what every version 2 database is (a new one of
+that release had the same tables, tests/test_migrations.py compared them then).
 
 SQLite always; PostgreSQL and MariaDB/MySQL when DJI_MEDIA_TEST_POSTGRES_URL /
 DJI_MEDIA_TEST_MYSQL_URL are set (as in tests/test_databases.py). Each test uses tables of its
@@ -13,6 +16,7 @@ own (a random table prefix) and drops them afterwards.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as _dt
 import os
 import re
@@ -20,7 +24,7 @@ import re
 import pytest
 
 from dji_media import PeeweeMediaStore
-from dji_media.backends.peewee_migrations import SchemaVersions
+from dji_media.backends.peewee_migrations import STEPS, SchemaVersions
 from dji_media.backends.peewee_schema import _MYSQL_COLLATIONS, SCHEMA_VERSION, _build_models, open_database
 from dji_media.errors import SchemaMismatch
 from dji_media.testing.contracts import sample_file
@@ -28,8 +32,8 @@ from dji_media.values import FileGroup, MediaFile, MediaRecord
 from support import ENGINES, TESTS, database_url_for, drop_store_tables, new_table_prefix, run_cli, write_config
 
 UTC = _dt.timezone.utc
-NEEDS_2 = "database schema is version 1, this dji_media needs 2: run `dji-media migrate --config <file>`"
-NEWER = "database schema is version 3, newer than this dji_media understands (2): upgrade dji_media"
+NEEDS_3 = "database schema is version 1, this dji_media needs 3: run `dji-media migrate --config <file>`"
+NEWER = "database schema is version 4, newer than this dji_media understands (3): upgrade dji_media"
 # The media columns of version 1 (commit 69384d1's _MEDIA_FIELDS), written when filling it.
 V1_FIELDS = (
     "tiny_fingerprint", "object_key", "name", "path", "sub_file_type", "file_group_id",
@@ -37,6 +41,8 @@ V1_FIELDS = (
     "absolute_altitude", "relative_altitude", "created_time", "created_time_text", "shoot_lat",
     "shoot_lng", "raw_json",
 )
+# Version 2's (commit 0eba3a8): job_id added.
+V2_FIELDS = (*V1_FIELDS, "job_id")
 
 
 class Database:
@@ -83,6 +89,15 @@ class Database:
             statement = "\n".join(line for line in statement.splitlines() if not line.startswith("--"))
             if statement.strip():
                 self.admin.execute_sql(statement)
+
+    def create_v2(self, prefix: str) -> None:
+        """Version 2's tables: version 1's, upgraded by step 2 as version 2's ``migrate`` did."""
+        self.create_v1(prefix)
+        versions = self.versions(prefix)
+        with versions.exclusive():
+            for change in STEPS[0].changes(versions):
+                change.apply()
+        self.sql(f"UPDATE `{prefix}schema` SET `version` = 2")
 
     def close(self) -> None:
         for prefix in self.prefixes:
@@ -153,7 +168,8 @@ def edge_groups():
     ]
 
 
-def fill_v1(db: Database, prefix: str, records, groups) -> None:
+def fill_v1(db: Database, prefix: str, records, groups, fields=V1_FIELDS) -> None:
+    """Rows of the columns ``fields`` (an older version's), written as that version wrote them."""
     _schema, media, group = _build_models(db.admin, prefix)
 
     def naive(value):
@@ -161,7 +177,7 @@ def fill_v1(db: Database, prefix: str, records, groups) -> None:
 
     rows = []
     for r in records:
-        row = {name: getattr(r.file, name) for name in V1_FIELDS}
+        row = {name: getattr(r.file, name) for name in fields}
         row.update(workspace_id=r.workspace_id, fingerprint=r.file.fingerprint, created_time=naive(r.file.created_time),
                    revision=r.revision, created_at=naive(r.created_at), updated_at=naive(r.updated_at),
                    verified_at=naive(r.verified_at))
@@ -223,15 +239,16 @@ async def test_migrate_keeps_every_record_of_a_version_1_database(database):
     assert done.returncode == 0, done.stderr
     table = f"{prefix}media_file"
     assert done.stdout.splitlines()[1:] == [
-        "schema: version 1; this dji_media works with version 2",
+        "schema: version 1; this dji_media works with version 3",
         f"  1 -> 2: add column job_id VARCHAR(128) NULL to {table}",
         f"  1 -> 2: create index {table}_workspace_id_object_key on {table} (workspace_id, object_key"
         + ("(191))" if database.engine == "mysql" else ")"),
-        "migrated: schema version 2",
+        f"  2 -> 3: add column payload_name VARCHAR(128) NULL to {table}",
+        "migrated: schema version 3",
     ]
-    assert version_rows(database, prefix) == [2]
+    assert version_rows(database, prefix) == [3]
     assert database.versions(prefix).has_index(table, ("workspace_id", "object_key"))
-    count = database.sql(f"SELECT COUNT(*) FROM `{table}` WHERE `job_id` IS NULL")[0][0]
+    count = database.sql(f"SELECT COUNT(*) FROM `{table}` WHERE `job_id` IS NULL AND `payload_name` IS NULL")[0][0]
     assert count == database.sql(f"SELECT COUNT(*) FROM `{table}`")[0][0] == len(records)
 
     # Exactly the tables a new database of this release gets.
@@ -243,20 +260,66 @@ async def test_migrate_keeps_every_record_of_a_version_1_database(database):
 
     store = database.store(prefix)
     try:
-        await assert_holds(store, records, groups)  # every record with job_id None (MediaFile's default)
-        assert all(r.file.job_id is None for r in records)
+        # Every record with job_id and payload_name None (MediaFile's defaults).
+        await assert_holds(store, records, groups)
+        assert all(r.file.job_id is None and r.file.payload_name is None for r in records)
         # And the migrated database works as a new one does.
-        stored = await store.upsert("ws-a", sample_file("NEW", job_id="mission-1"))
-        assert (await store.get("ws-a", "NEW")) == stored and stored.file.job_id == "mission-1"
+        stored = await store.upsert("ws-a", sample_file("NEW", job_id="mission-1", payload_name="M30 Camera"))
+        assert (await store.get("ws-a", "NEW")) == stored
+        assert (stored.file.job_id, stored.file.payload_name) == ("mission-1", "M30 Camera")
     finally:
         await store.close()
 
     again = run_cli("migrate", "--config", config)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.splitlines()[1:] == ["schema: version 2; this dji_media works with version 2",
+    assert again.stdout.splitlines()[1:] == ["schema: version 3; this dji_media works with version 3",
                                              "up to date: nothing to do"]
-    assert version_rows(database, prefix) == [2]
+    assert version_rows(database, prefix) == [3]
     assert shape(database, prefix) == shape(database, fresh)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_migrate_keeps_every_record_of_a_version_2_database(database):
+    """Version 2 -> 3 adds payload_name alone; job_ids stay, and a new database has the same tables."""
+    prefix = database.prefix()
+    database.create_v2(prefix)
+    records = [dataclasses.replace(r, file=dataclasses.replace(r.file, job_id=f"job-{i % 4}" if i % 3 else None))
+               for i, r in enumerate(edge_records())]
+    groups = edge_groups()
+    fill_v1(database, prefix, records, groups, fields=V2_FIELDS)
+    config = database.config(prefix)
+
+    dry = run_cli("migrate", "--config", config, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    table = f"{prefix}media_file"
+    assert dry.stdout.splitlines()[1:] == [
+        "schema: version 2; this dji_media works with version 3",
+        f"  2 -> 3: add column payload_name VARCHAR(128) NULL to {table}",
+        "dry run: nothing was changed",
+    ]
+    assert version_rows(database, prefix) == [2]
+    assert not database.versions(prefix).has_column(table, "payload_name")
+
+    done = run_cli("migrate", "--config", config)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[2:] == [f"  2 -> 3: add column payload_name VARCHAR(128) NULL to {table}",
+                                            "migrated: schema version 3"]
+    assert version_rows(database, prefix) == [3]
+    fresh = database.prefix()
+    store = database.store(fresh)
+    await store.ping()
+    await store.close()
+    assert shape(database, prefix) == shape(database, fresh)
+
+    store = database.store(prefix)
+    try:
+        await assert_holds(store, records, groups)  # job_ids as they were, payload_name None
+        # A callback (no job id, no payload name) keeps both, as on a new database.
+        await store.upsert("ws-a", sample_file("NEW", job_id="mission-1", payload_name="M30 Camera"))
+        again = await store.upsert("ws-a", sample_file("NEW", name="again.jpg"))
+        assert (again.revision, again.file.job_id, again.file.payload_name) == (2, "mission-1", "M30 Camera")
+    finally:
+        await store.close()
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -270,9 +333,10 @@ async def test_dry_run_changes_nothing(database):
     dry = run_cli("migrate", "--config", database.config(prefix), "--dry-run")
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
-    assert lines[1] == "schema: version 1; this dji_media works with version 2"
+    assert lines[1] == "schema: version 1; this dji_media works with version 3"
     assert lines[2].startswith("  1 -> 2: add column job_id") and lines[3].startswith("  1 -> 2: create index")
-    assert lines[4:] == ["dry run: nothing was changed"]
+    assert lines[4].startswith("  2 -> 3: add column payload_name")
+    assert lines[5:] == ["dry run: nothing was changed"]
     assert shape(database, prefix) == before
     assert version_rows(database, prefix) == [1]
     assert not database.versions(prefix).has_column(f"{prefix}media_file", "job_id")
@@ -293,7 +357,7 @@ async def test_stores_refuse_other_versions_until_migrated(database):
     try:
         with pytest.raises(SchemaMismatch) as refused:
             await store.ping()
-        assert refused.value.message == NEEDS_2 and (refused.value.found, refused.value.needed) == (1, 2)
+        assert refused.value.message == NEEDS_3 and (refused.value.found, refused.value.needed) == (1, 3)
         with pytest.raises(SchemaMismatch):  # every unit of work, reads too
             await store.get("ws-a", sample_file().fingerprint)
         assert version_rows(database, old) == [1]  # a refusal writes nothing
@@ -311,7 +375,7 @@ async def test_stores_refuse_other_versions_until_migrated(database):
             result = await migrator.migrate()
         finally:
             await migrator.close()
-        assert (result.found, result.target, len(result.steps)) == (1, 2, 2)
+        assert (result.found, result.target, len(result.steps)) == (1, 3, 3)
         await store.ping()
         assert (await store.get("ws-a", sample_file().fingerprint)).file.job_id is None
     finally:
@@ -321,7 +385,7 @@ async def test_stores_refuse_other_versions_until_migrated(database):
     store = database.store(new)
     await store.ping()
     await store.close()
-    database.sql(f"UPDATE `{new}schema` SET `version` = 3")
+    database.sql(f"UPDATE `{new}schema` SET `version` = 4")
     store = database.store(new)
     try:
         with pytest.raises(SchemaMismatch) as refused:
@@ -329,7 +393,7 @@ async def test_stores_refuse_other_versions_until_migrated(database):
         assert refused.value.message == NEWER
         with pytest.raises(SchemaMismatch):  # migrate does not downgrade
             await store.migrate()
-        assert version_rows(database, new) == [3]
+        assert version_rows(database, new) == [4]
     finally:
         await store.close()
 
@@ -353,7 +417,8 @@ async def test_a_step_cut_short_is_finished(database):
         result = await store.migrate()
         assert result.steps[0] == f"record version 1 in {prefix}schema (the row is missing)"
         assert result.steps[1].endswith("(already there)") and not result.steps[2].endswith("(already there)")
-        assert version_rows(database, prefix) == [2]
+        assert not result.steps[3].endswith("(already there)")
+        assert version_rows(database, prefix) == [3]
         await store.ping()
     finally:
         await store.close()
@@ -391,7 +456,7 @@ async def test_a_failed_step_says_why_and_a_rerun_finishes(database):
     done = run_cli("migrate", "--config", config)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[2].endswith(" (already there)") is mysql
-    assert version_rows(database, prefix) == [2]
+    assert version_rows(database, prefix) == [3]
     store = database.store(prefix)
     try:
         await assert_holds(store, edge_records()[:3], [])
@@ -420,13 +485,13 @@ async def test_migrate_creates_an_empty_database(sqlite_database):
     config = sqlite_database.config(prefix)
     dry = run_cli("migrate", "--config", config, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.splitlines()[1:] == ["schema: none yet; this dji_media works with version 2",
-                                           "  create the tables at version 2", "dry run: nothing was changed"]
+    assert dry.stdout.splitlines()[1:] == ["schema: none yet; this dji_media works with version 3",
+                                           "  create the tables at version 3", "dry run: nothing was changed"]
     assert not sqlite_database.versions(prefix).table_exists(f"{prefix}schema")
     done = run_cli("migrate", "--config", config)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == "migrated: schema version 2"
-    assert version_rows(sqlite_database, prefix) == [2]
+    assert done.stdout.splitlines()[-1] == "migrated: schema version 3"
+    assert version_rows(sqlite_database, prefix) == [3]
 
 
 @pytest.mark.gen_test
@@ -435,26 +500,26 @@ async def test_migrate_refuses_a_newer_database(sqlite_database):
     store = sqlite_database.store(prefix)
     await store.ping()
     await store.close()
-    sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 3")
+    sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 4")
     done = run_cli("migrate", "--config", sqlite_database.config(prefix))
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == f"dji-media: migrate failed: {NEWER}"
-    assert version_rows(sqlite_database, prefix) == [3]
+    assert version_rows(sqlite_database, prefix) == [4]
 
 
 @pytest.fixture
 def refused_database(request, sqlite_database, s3):
-    """A configuration (on the suite's real S3) whose database is at version 1 or 3."""
+    """A configuration (on the suite's real S3) whose database is at version 1 or 4."""
     prefix = sqlite_database.prefix()
     if request.param == 1:
         sqlite_database.create_v1(prefix)
     else:
         sqlite_database.versions(prefix).ensure(create=True)  # a new database of this release
-        sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 3")
-    return sqlite_database.config(prefix, s3_endpoint=s3.endpoint), {1: NEEDS_2, 3: NEWER}[request.param]
+        sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 4")
+    return sqlite_database.config(prefix, s3_endpoint=s3.endpoint), {1: NEEDS_3, 4: NEWER}[request.param]
 
 
-@pytest.mark.parametrize("refused_database", [1, 3], indirect=True)
+@pytest.mark.parametrize("refused_database", [1, 4], indirect=True)
 def test_serve_and_check_refuse_another_version(refused_database):
     config, message = refused_database
     served = run_cli("serve", "--config", config)

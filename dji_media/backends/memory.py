@@ -36,8 +36,12 @@ class InMemoryMediaStore(MediaStore):
         key = (workspace_id, file.fingerprint)
         now = utc_now()
         old = self._records.get(key)
-        if old is not None and file.job_id is None and old.file.job_id is not None:
-            file = dataclasses.replace(file, job_id=old.file.job_id)  # callbacks do not carry it
+        if old is not None:
+            # Callbacks carry neither: a write without one keeps the stored one, as the peewee store does.
+            kept = {name: getattr(old.file, name) for name in ("job_id", "payload_name")
+                    if getattr(file, name) is None and getattr(old.file, name) is not None}
+            if kept:
+                file = dataclasses.replace(file, **kept)
         record = MediaRecord(
             workspace_id=workspace_id,
             file=file,

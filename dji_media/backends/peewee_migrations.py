@@ -83,9 +83,24 @@ def _to_2(schema: "SchemaVersions") -> List[Change]:
     ]
 
 
+def _to_3(schema: "SchemaVersions") -> List[Change]:
+    # The payload's display name ("M30 Camera"), which DJI's demo server stores instead of a
+    # payload model key: imports keep it in a column of its own rather than as a model key.
+    table = schema.media_table
+
+    def add_payload_name() -> None:
+        schema.migrator.add_column(table, "payload_name", peewee.CharField(max_length=128, null=True)).run()
+
+    return [
+        Change(f"add column payload_name VARCHAR(128) NULL to {table}",
+               lambda: schema.has_column(table, "payload_name"), add_payload_name),
+    ]
+
+
 # In order; STEPS[i] brings a database to version i + 2 (version 1 is the first release's).
 STEPS: Tuple[Step, ...] = (
     Step(2, _to_2),
+    Step(3, _to_3),
 )
 if [step.version for step in STEPS] != list(range(2, SCHEMA_VERSION + 1)):  # pragma: no cover
     raise AssertionError("STEPS must lead, one version at a time, from 1 to SCHEMA_VERSION")

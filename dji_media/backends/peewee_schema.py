@@ -22,7 +22,7 @@ from ..errors import BadRequest
 log = logging.getLogger("dji_media.peewee")
 
 # The version of the tables below; ``peewee_migrations`` upgrades older databases to it.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # SQLite allows 999 parameters per statement in old builds; stay well below.
 QUERY_CHUNK = 500
 # URL schemes given a connection pool of max_workers connections (playhouse's "+pool" schemes
@@ -57,7 +57,7 @@ _MEDIA_FIELDS = (
     "tiny_fingerprint", "object_key", "name", "path", "sub_file_type", "file_group_id",
     "drone_model_key", "payload_model_key", "is_original", "sn", "gimbal_yaw_degree",
     "absolute_altitude", "relative_altitude", "created_time", "created_time_text", "shoot_lat",
-    "shoot_lng", "raw_json", "job_id",
+    "shoot_lng", "raw_json", "job_id", "payload_name",
 )
 
 
@@ -245,6 +245,8 @@ def _build_models(db: peewee.Database, table_prefix: str) -> Tuple[Type[peewee.M
         updated_at = DateTimeField()  # UTC
         # Version 2. Last, so a new table has the same column order as a migrated one.
         job_id = peewee.CharField(max_length=128, null=True)
+        # Version 3, after version 2's for the same reason.
+        payload_name = peewee.CharField(max_length=128, null=True)
 
         class Meta:
             table_name = f"{table_prefix}media_file"

@@ -22,8 +22,8 @@ from ..values import MediaFile, MediaRecord
 from .peewee_schema import _MEDIA_FIELDS, _aware_utc, _naive_utc
 
 # Columns an upsert leaves as they are when the new value is NULL: callbacks never carry them
-# (an imported job id, say) and must not erase what another source recorded.
-_KEEP_WHEN_NULL = frozenset({"job_id"})
+# (an imported job id or payload name, say) and must not erase what another source recorded.
+_KEEP_WHEN_NULL = frozenset({"job_id", "payload_name"})
 
 
 def _to_bool(value: Any) -> Optional[bool]:
