@@ -37,8 +37,9 @@ def at_ms(ms: int) -> _dt.datetime:
 
 # ------------------------------------------------------------------------ DJI's demo (MySQL)
 
-# The demo's columns. object_key is wider than the demo's so that an overlong key can be stored,
-# and is_original, fingerprint and the times are nullable to hold the edge cases.
+# The demo's columns (its sql/cloud_sample.sql), with its defaults. object_key is wider than the
+# demo's so that an overlong key can be stored, and is_original, fingerprint and the times are
+# nullable to hold the edge cases.
 DJI_SCHEMA = """
 CREATE TABLE media_file (
   id INT NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -51,9 +52,9 @@ CREATE TABLE media_file (
   object_key VARCHAR(2000) NOT NULL,
   sub_file_type INT NULL,
   is_original TINYINT(1) NULL,
-  drone VARCHAR(32) NOT NULL DEFAULT '',
-  payload VARCHAR(32) NOT NULL DEFAULT '',
-  job_id VARCHAR(45) NOT NULL DEFAULT '',
+  drone VARCHAR(32) NOT NULL DEFAULT 'undefined',
+  payload VARCHAR(32) NOT NULL DEFAULT 'undefined',
+  job_id VARCHAR(64) NULL DEFAULT '',
   create_time BIGINT NULL,
   update_time BIGINT NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci
@@ -61,10 +62,13 @@ CREATE TABLE media_file (
 
 
 def dji(fingerprint, **changes):
+    """A row as the demo writes it from an upload-callback: drone is the aircraft's serial number,
+    payload the camera's name from the demo's device dictionary, job_id the file group."""
     row = dict(file_name="DJI_0001.JPG", file_path="DJI_202208311455_008_Waypoint1", workspace_id="ws-a",
                fingerprint=fingerprint, tinny_fingerprint=f"{fingerprint}_tiny",
-               object_key=f"media/ws-a/{fingerprint}.JPG", sub_file_type=0, is_original=1, drone="0-67-0",
-               payload="1-52-0", job_id="job-1", create_time=T1, update_time=T1 + 5000)
+               object_key=f"media/ws-a/{fingerprint}.JPG", sub_file_type=0, is_original=1,
+               drone="1581F5BKD225D00BTG2N", payload="M30 Camera", job_id="9b6a1e0c-job-1", create_time=T1,
+               update_time=T1 + 5000)
     row.update(changes)
     return row
 
@@ -78,12 +82,12 @@ DJI_ROWS = [
     dji("DUP", update_time=T1 + 1000),                                    # 5 duplicate
     dji("TIE", object_key="media/ws-a/tie-first.jpg"),                    # 6 duplicate (same time)
     dji("TIE", object_key="media/ws-a/tie-second.jpg"),                   # 7 kept: read last
-    dji("NOTINY", tinny_fingerprint=None, is_original=None, drone="", payload="", job_id="",
-        sub_file_type=None),                                              # 8 imported, Nones
+    dji("NOTINY", tinny_fingerprint="", is_original=None, drone="undefined", payload="undefined", job_id="",
+        file_path="", sub_file_type=None),                                # 8 imported, the demo's defaults: Nones
     dji(""),                                                              # 9 rejected
     dji(None, object_key="media/ws-a/none.jpg"),                          # 10 rejected
     dji("BADWS", workspace_id="ws.a"),                                    # 11 rejected
-    dji("UNI", file_name="航拍 \U0001F681.JPG", file_path="任务/航线 1",
+    dji("UNI", file_name="航拍 \U0001F681.JPG", file_path="任务/航线 1", payload="M30T Camera", job_id=None,
         object_key="media/ws-a/航拍 \U0001F681.JPG"),                      # 12 imported
     dji("LONGKEY", object_key="media/ws-a/" + "k" * 1100),                # 13 rejected
     dji("ZERO", create_time=0, update_time=None),                         # 14 imported, times unknown
@@ -117,13 +121,17 @@ DJI_IMPORTED = [1, 3, 7, 8, 12, 14, 15, 16, 17, 18, 23]
 def dji_expected(row_id: int):
     """The workspace and file row ``row_id`` must become, written out field by field."""
     row = DJI_ROWS[row_id - 1]
+
+    def text(column):  # '' and the demo's DEFAULT 'undefined' mean "not known"
+        return None if row[column] in ("", "undefined") else row[column]
+
     file = MediaFile(
         fingerprint=row["fingerprint"], object_key=row["object_key"],
-        tiny_fingerprint=row["tinny_fingerprint"], name=row["file_name"], path=row["file_path"],
+        tiny_fingerprint=text("tinny_fingerprint"), name=text("file_name"), path=text("file_path"),
         sub_file_type=row["sub_file_type"],
-        drone_model_key=row["drone"] or None, payload_model_key=row["payload"] or None,
+        sn=text("drone"), payload_name=text("payload"),  # no model keys: the demo keeps none
         is_original=None if row["is_original"] is None else bool(row["is_original"]),
-        job_id=row["job_id"] or None,
+        job_id=text("job_id"), file_group_id=text("job_id"),
     )
     return row["workspace_id"], file, row
 
@@ -138,6 +146,8 @@ def check_dji_record(record: MediaRecord, row_id: int, started, finished) -> Non
     assert source_row["id"] == row_id and source_row["file_id"] == f"file-{row_id}"
     assert source_row["fingerprint"] == row["fingerprint"]
     assert source_row["create_time"] == row["create_time"] and source_row["file_name"] == row["file_name"]
+    # The source's own spelling stays in raw_json ('undefined' included).
+    assert [source_row[c] for c in ("drone", "payload", "job_id")] == [row[c] for c in ("drone", "payload", "job_id")]
     assert record.revision == 1 and record.verified_at is None
     if row_id == 14:  # both times unknown: when the import started
         assert started <= record.created_at <= finished and record.updated_at == record.created_at
@@ -318,6 +328,16 @@ async def dji_import_round_trip(target: Target, url) -> None:
     again = await import_once(store, url)
     check_dji_summary(again, imported=0, present=len(DJI_IMPORTED) + 1)
     assert await everything(target) == stored  # same revisions, times and values
+    await check_device_uploads_again(store)
+
+
+async def check_device_uploads_again(store) -> None:
+    """A device uploading an imported file again: its callback carries no job id and no payload
+    name, and the record keeps the imported ones."""
+    imported = await store.get("ws-a", "FULL")
+    again = await store.upsert("ws-a", dataclasses.replace(device_record("ws-a", "FULL"), sn=imported.file.sn))
+    assert again.revision == 2 and again.file.name == "from-the-device.jpg"
+    assert (again.file.job_id, again.file.payload_name) == ("9b6a1e0c-job-1", "M30 Camera")
 
 
 # ----------------------------------------------------------------------------------- tests
@@ -329,6 +349,19 @@ async def test_dji_demo_into_sqlite(dji_source_url, fresh_tables):
         await dji_import_round_trip(target, dji_source_url)
     finally:
         await target.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_dji_demo_into_memory(dji_source_url):
+    store = InMemoryMediaStore()
+    started = _dt.datetime.now(UTC)
+    summary = await import_once(store, dji_source_url)
+    finished = _dt.datetime.now(UTC)
+    check_dji_summary(summary, imported=len(DJI_IMPORTED) + 1, present=0)  # PRESENT is not there: imported
+    for row_id in DJI_IMPORTED:
+        row = DJI_ROWS[row_id - 1]
+        check_dji_record(await store.get(row["workspace_id"], row["fingerprint"]), row_id, started, finished)
+    await check_device_uploads_again(store)
 
 
 @pytest.mark.gen_test(timeout=60)

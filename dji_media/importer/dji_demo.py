@@ -18,11 +18,17 @@ class DjiDemoSource(Source):
     columns = ("file_id", "file_name", "file_path", "workspace_id", "fingerprint", "tinny_fingerprint",
                "object_key", "sub_file_type", "is_original", "drone", "payload", "job_id", "create_time",
                "update_time")
-    # The MediaFile field each column fills.
+    # The MediaFile field each column fills, as the demo's FileServiceImpl#fileUploadConvertToEntity
+    # writes the columns from an upload-callback: `drone` is the aircraft's serial number
+    # (ext.sn), `payload` the payload's display name from its device dictionary ("M30 Camera",
+    # not a model key), `job_id` the callback's ext.file_group_id. The demo keeps no model keys
+    # and no group of its own, so job_id is the file group too.
     fields = {"fingerprint": "fingerprint", "object_key": "object_key", "tiny_fingerprint": "tinny_fingerprint",
               "name": "file_name", "path": "file_path", "sub_file_type": "sub_file_type",
-              "is_original": "is_original", "drone_model_key": "drone", "payload_model_key": "payload",
-              "job_id": "job_id"}
+              "is_original": "is_original", "sn": "drone", "payload_name": "payload", "job_id": "job_id",
+              "file_group_id": "job_id"}
+    # What the demo writes when it knows nothing: '' and its columns' DEFAULT 'undefined'.
+    none_text = ("", "undefined")
 
     def __init__(self, url: str, table: str = "media_file") -> None:
         try:
@@ -117,7 +123,7 @@ class DjiDemoSource(Source):
         v = row.values
         records.check_columns(v)
         workspace_id = records.workspace(v.get("workspace_id"))
-        file = records.media_file(v, self.fields)
+        file = records.media_file(v, self.fields, none_text=self.none_text)
         created = records.epoch_milliseconds("create_time", v.get("create_time"))
         updated = records.epoch_milliseconds("update_time", v.get("update_time"))
         record = records.media_record(workspace_id=workspace_id, file=file, created_at=created,

@@ -18,7 +18,7 @@ import re
 from typing import Any, Collection, Dict, Mapping, Optional
 
 from ..errors import BadRequest, RowRejected
-from ..rules import MAX_FINGERPRINT, MAX_OBJECT_KEY, check_media_file, check_text, check_workspace_id
+from ..rules import MAX_FINGERPRINT, MAX_OBJECT_KEY, MAX_SHORT_ID, check_media_file, check_text, check_workspace_id
 from ..values import MediaFile, MediaRecord
 
 EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
@@ -30,7 +30,7 @@ _BOOLEAN_TEXT = {"true": True, "false": False, "1": True, "0": False}
 # How each MediaFile field a source can fill is read from its column.
 _KEYS = frozenset({"fingerprint", "object_key"})
 _TEXT = frozenset({"tiny_fingerprint", "name", "path", "file_group_id", "drone_model_key", "payload_model_key", "sn",
-                   "job_id", "created_time_text"})
+                   "job_id", "payload_name", "created_time_text"})
 _FLOAT = frozenset({"gimbal_yaw_degree", "absolute_altitude", "relative_altitude", "shoot_lat", "shoot_lng"})
 
 
@@ -179,6 +179,8 @@ def media_file(row: Mapping[str, Any], columns: Mapping[str, str], *,
         check_text(values.get("object_key"), MAX_OBJECT_KEY, "object_key", required=True)
         file = MediaFile(**values)
         check_media_file(file)
+        # Not among the core's rules yet (only imports fill it so far): its column's width.
+        check_text(file.payload_name, MAX_SHORT_ID, "payload_name")
     except BadRequest as exc:
         raise RowRejected(_in_source_terms(exc, columns)) from None
     return file
