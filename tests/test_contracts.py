@@ -14,6 +14,7 @@ from dji_media import (
     PeeweeMediaStore,
     StaticCredentialProvider,
     StaticTokenAuthenticator,
+    StorageUnavailable,
     StsCredentialProvider,
 )
 from dji_media.backends.peewee_schema import _aware_utc
@@ -107,23 +108,77 @@ class TestAuthenticators(AuthenticatorContract):
                           algorithm="HS256")
 
 
+class CountedSts(StsCredentialProvider):
+    """The real STS call, counted; with ``broken``, the same call sent to a port where nothing
+    listens, through the public hook and constructor only."""
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.fetches = 0
+        self.broken = False
+        self._unreachable = StsCredentialProvider(**dict(options, sts_endpoint="http://127.0.0.1:1"),
+                                                  timeout=1.0, retries=0)
+
+    def fetch(self, prefix, policy):
+        self.fetches += 1
+        return (self._unreachable if self.broken else super()).fetch(prefix, policy)
+
+    async def close(self):
+        await self._unreachable.close()
+        await super().close()
+
+
+class MovableClock:
+    """The time the provider sees (its ``clock=``); the test moves it towards expiry."""
+
+    def __init__(self):
+        self.now = _dt.datetime.now(_dt.timezone.utc)
+
+    def __call__(self):
+        return self.now
+
+
 @pytest.mark.gen_test
 async def test_sts_cache_single_flight_and_refresh_failure_keeps_valid_credentials(s3):
     """Concurrent requests share one STS call; a failed refresh keeps credentials still valid."""
     import asyncio
-    import datetime as _dt
 
-    provider = StsCredentialProvider(**s3_options(s3), refresh_before=1800)
-    grants = await asyncio.gather(*(provider.issue("ws-cache") for _ in range(10)))
-    assert len({g.credentials.access_key_id for g in grants}) == 1
-    creds = grants[0].credentials
-    # Age the cached credentials past refresh_before (but still above 900 s) and break STS.
-    aged = type(creds)(creds.access_key_id, creds.secret_access_key, creds.session_token,
-                       _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(seconds=1000))
-    provider._cache[provider.object_key_prefix("ws-cache")] = aged
-    provider._sts_endpoint = "http://127.0.0.1:1"
-    assert (await provider.issue("ws-cache")).credentials == aged
-    await provider.close()
+    clock = MovableClock()
+    provider = CountedSts(**s3_options(s3), refresh_before=1800, clock=clock)
+    try:
+        grants = await asyncio.gather(*(provider.issue("ws-cache") for _ in range(10)))
+        assert len({g.credentials.access_key_id for g in grants}) == 1
+        assert provider.fetches == 1
+        creds = grants[0].credentials
+        # Past refresh_before but still above 900 s, with STS unreachable: the cached set.
+        clock.now = creds.expires_at - _dt.timedelta(seconds=1000)
+        provider.broken = True
+        assert (await provider.issue("ws-cache")).credentials is creds
+        assert provider.fetches == 2
+        # Under 900 s left, they may not be handed out: 503 as for an uncached workspace.
+        clock.now = creds.expires_at - _dt.timedelta(seconds=899)
+        with pytest.raises(StorageUnavailable, match="STS is unreachable or refused the request"):
+            await provider.issue("ws-cache")
+        # STS back: fresh credentials replace the aged ones.
+        clock.now = creds.expires_at - _dt.timedelta(seconds=1000)
+        provider.broken = False
+        fresh = (await provider.issue("ws-cache")).credentials
+        assert fresh is not creds and fresh.seconds_left(clock()) > 900
+        assert provider.fetches == 4
+    finally:
+        await provider.close()
+
+
+@pytest.mark.gen_test
+async def test_sts_unreachable_is_storage_unavailable(s3):
+    provider = StsCredentialProvider(**s3_options(s3), sts_endpoint="http://127.0.0.1:1", timeout=1.0, retries=0)
+    try:
+        with pytest.raises(StorageUnavailable) as raised:
+            await provider.issue("ws-1")
+        assert raised.value.message == "storage credentials could not be issued: STS is unreachable or refused " \
+                                       "the request"
+    finally:
+        await provider.close()
 
 
 @pytest.mark.parametrize("stored, expected", [

@@ -1,15 +1,19 @@
 """Object storage backends on minio-py: object checks (HEAD, listings) and STS AssumeRole credentials.
 
 Only standard S3 and STS calls are used, so the same code serves MinIO, AWS S3 and SeaweedFS.
-minio-py is synchronous; every call runs in a bounded thread pool.
+minio-py is synchronous; every call runs in a bounded thread pool. What another vendor's
+backend shares with these, the credential cache (``credentials``) and the endpoint and prefix
+rules (``storage_paths``), lives in modules that import no client library. minio-py's and
+urllib3's exceptions are translated in one place per backend: ``storage_errors`` for
+``MinioObjectStore``, ``sts_errors`` for ``StsCredentialProvider``.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
-import json
 import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import urllib3
@@ -21,20 +25,53 @@ from ..errors import StorageUnavailable
 from ..interfaces import MIN_CREDENTIAL_SECONDS, CredentialProvider, ObjectStore
 from ..values import StorageGrant, UploadCredentials, utc_now
 from ._blocking import BlockingRunner
+from .credentials import CachingCredentialProvider, Clock, iam_upload_policy
 from .s3_listing import group_by_directory, list_directory
+from .storage_paths import check_prefix_template, check_provider, render_prefix, split_endpoint
 
 log = logging.getLogger("dji_media.s3")
 
-PROVIDERS = ("minio", "aws", "ali")
+# A HEAD answered with one of these says the object is not there (once the bucket is known).
 _GONE_CODES = ("NoSuchKey", "NotFound", "ResourceNotFound")
+_STS_FAILED = "storage credentials could not be issued: STS is unreachable or refused the request"
 
 
-def split_endpoint(endpoint: str, *, key: str = "endpoint") -> Tuple[str, bool]:
-    """``http://host:port`` to (``host:port``, secure). The scheme is required."""
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
-        raise ValueError(f"{key} must look like http://host:port or https://host, got {endpoint!r}")
-    return parts.netloc, parts.scheme == "https"
+@contextlib.contextmanager
+def storage_errors() -> Iterator[None]:
+    """MinioObjectStore's one boundary: whatever minio-py or urllib3 raise becomes
+    StorageUnavailable with a message that names no key, secret or URL.
+
+    Everything is translated, not only S3Error, urllib3's HTTPError and OSError: minio-py also
+    raises ServerError, InvalidResponseError and ValueError or XML errors for an answer it cannot
+    read, and each means "storage could not be asked", never "the object is gone".
+    """
+    try:
+        yield
+    except StorageUnavailable:
+        raise
+    except S3Error as exc:
+        raise StorageUnavailable(f"storage answered {exc.code}") from None
+    except Exception as exc:  # urllib3 connection errors and timeouts, OSError, minio's others
+        raise StorageUnavailable(f"storage is unreachable ({type(exc).__name__})") from None
+
+
+@contextlib.contextmanager
+def sts_errors() -> Iterator[None]:
+    """StsCredentialProvider's one boundary: a failed AssumeRole becomes StorageUnavailable.
+    minio-py reports an STS error status as ValueError, a broken answer as an XML error, a
+    connection failure as urllib3's; the detail goes to the log, never to the client."""
+    try:
+        yield
+    except StorageUnavailable:
+        raise
+    except Exception as exc:
+        log.error("STS AssumeRole failed: %s: %s", type(exc).__name__, exc)
+        raise StorageUnavailable(_STS_FAILED) from None
+
+
+def _is_absent(exc: S3Error) -> bool:
+    """A HEAD's definite "no such object" (S3 answers 404 without a body to HEAD)."""
+    return exc.code in _GONE_CODES
 
 
 def http_client(*, timeout: float, retries: int) -> urllib3.PoolManager:
@@ -103,21 +140,18 @@ class MinioObjectStore(ObjectStore):
             self._client.stat_object(self.bucket, object_key)
             return True
         except S3Error as exc:
-            if exc.code in _GONE_CODES:
-                if not self._client.bucket_exists(self.bucket):
-                    raise StorageUnavailable(f"bucket {self.bucket!r} does not exist") from None
-                return False
-            raise StorageUnavailable(f"storage answered {exc.code}") from None
+            if not _is_absent(exc):
+                raise
+        # A HEAD in a missing bucket answers 404 too: only an existing bucket makes it "absent".
+        if not self._client.bucket_exists(self.bucket):
+            raise StorageUnavailable(f"bucket {self.bucket!r} does not exist")
+        return False
 
-    def _guarded(self, fn, *args):
-        try:
+    @staticmethod
+    def _guarded(fn, *args):
+        """Runs one blocking call behind the boundary (in the worker thread)."""
+        with storage_errors():
             return fn(*args)
-        except StorageUnavailable:
-            raise
-        except S3Error as exc:
-            raise StorageUnavailable(f"storage answered {exc.code}") from None
-        except Exception as exc:  # urllib3 connection/timeouts, minio's ServerError, ...
-            raise StorageUnavailable(f"storage is unreachable ({type(exc).__name__})") from None
 
     async def exists(self, object_key: str) -> bool:
         return await self._runner.run(self._guarded, self._head, object_key)
@@ -172,33 +206,11 @@ class MinioObjectStore(ObjectStore):
         self._runner.close()
 
 
-def upload_policy(bucket: str, prefix: str) -> str:
-    """The session policy: create objects under ``prefix/`` (multipart included), nothing else."""
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Effect": "Allow",
-            "Action": ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
-            "Resource": [f"arn:aws:s3:::{bucket}/{prefix}/*"],
-        }],
-    }, separators=(",", ":"))
-
-
-def render_prefix(template: str, workspace_id: str) -> str:
-    return template.format(workspace_id=workspace_id).strip("/")
-
-
-def _check_prefix_template(template: str) -> None:
-    try:
-        sample = render_prefix(template, "ws")
-    except (KeyError, IndexError, ValueError):
-        raise ValueError("prefix_template may use only {workspace_id}") from None
-    if "{workspace_id}" not in template or not sample or "*" in template or "?" in template:
-        raise ValueError("prefix_template must contain {workspace_id} and no wildcards")
-
-
-class StsCredentialProvider(CredentialProvider):
+class StsCredentialProvider(CachingCredentialProvider):
     """Temporary credentials from STS AssumeRole, scoped by a session policy to one prefix.
+
+    Only the STS call is here (minio-py's ``AssumeRoleProvider``) and the policy format
+    (``iam_upload_policy``); ``CachingCredentialProvider`` caches, refreshes and falls back.
 
     :param endpoint: where this server reaches storage and STS.
     :param public_endpoint: what devices are told (they often sit on another network).
@@ -206,7 +218,10 @@ class StsCredentialProvider(CredentialProvider):
     :param duration_seconds: requested lifetime (minio-py asks for at least 3600).
     :param refresh_before: cached credentials are reused while they have more than this many
         seconds left, then replaced (at least MIN_CREDENTIAL_SECONDS).
+    :param clock: returns the current aware UTC datetime (tests age the cache with it).
     """
+
+    logger = log
 
     def __init__(
         self,
@@ -228,26 +243,21 @@ class StsCredentialProvider(CredentialProvider):
         retries: int = 1,
         max_workers: int = 4,
         executor: Any = None,
+        clock: Clock = utc_now,
     ) -> None:
         split_endpoint(endpoint)
         split_endpoint(public_endpoint or endpoint, key="public_endpoint")
         split_endpoint(sts_endpoint or endpoint, key="sts_endpoint")
-        if provider not in PROVIDERS:
-            raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}")
-        if not bucket:
-            raise ValueError("bucket must not be empty")
         # minio-py asks STS for at least 3600 s whatever is set, so lower values would mislead.
         if not 3600 <= duration_seconds <= 43200:
             raise ValueError("duration_seconds must be between 3600 and 43200")
         if not MIN_CREDENTIAL_SECONDS <= refresh_before < duration_seconds:
             raise ValueError(f"refresh_before must be >= {MIN_CREDENTIAL_SECONDS} and below duration_seconds")
-        _check_prefix_template(prefix_template)
-        self.bucket = bucket
-        self.public_endpoint = (public_endpoint or endpoint).rstrip("/")
-        self.region = region
-        self.provider = provider
-        self.prefix_template = prefix_template
-        self.refresh_before = refresh_before
+        super().__init__(
+            bucket=bucket, public_endpoint=public_endpoint or endpoint, policy=iam_upload_policy,
+            region=region, provider=provider, prefix_template=prefix_template,
+            refresh_before=refresh_before, clock=clock, max_workers=max_workers, executor=executor,
+        )
         self._sts_endpoint = (sts_endpoint or endpoint).rstrip("/")
         self._access_key = access_key
         self._secret_key = secret_key
@@ -255,67 +265,25 @@ class StsCredentialProvider(CredentialProvider):
         self._role_arn = role_arn
         self._session_name = role_session_name
         self._http = http_client(timeout=timeout, retries=retries)
-        self._runner = BlockingRunner(executor=executor, max_workers=max_workers, name="dji-sts")
-        self._cache: Dict[str, UploadCredentials] = {}
-        self._grants: Dict[str, StorageGrant] = {}
-        self._locks: Dict[str, asyncio.Lock] = {}
 
-    def object_key_prefix(self, workspace_id: str) -> str:
-        return render_prefix(self.prefix_template, workspace_id)
-
-    def _assume_role(self, prefix: str) -> UploadCredentials:
-        try:
+    def fetch(self, prefix: str, policy: str) -> UploadCredentials:
+        with sts_errors():
+            # Keywords only (minio-py 7.2 requires them), and the session name always: SeaweedFS
+            # refuses an AssumeRole without one.
             creds = AssumeRoleProvider(
                 sts_endpoint=self._sts_endpoint, access_key=self._access_key,
                 secret_key=self._secret_key, duration_seconds=self._duration,
-                policy=upload_policy(self.bucket, prefix), region=self.region,
+                policy=policy, region=self.region,
                 role_arn=self._role_arn, role_session_name=self._session_name,
                 http_client=self._http,
             ).retrieve()
-        except Exception as exc:  # ValueError (HTTP status), urllib3 errors, XML errors
-            log.error("STS AssumeRole failed: %s: %s", type(exc).__name__, exc)
-            raise StorageUnavailable("storage credentials could not be issued: STS is unreachable "
-                                     "or refused the request") from None
         expires = creds.expiration
         if expires is None:
             raise StorageUnavailable("storage credentials could not be issued: STS gave no expiry")
-        if expires.tzinfo is None:
+        if expires.tzinfo is None:  # minio-py parses STS's UTC timestamp without a zone
             expires = expires.replace(tzinfo=_dt.timezone.utc)
         return UploadCredentials(access_key_id=creds.access_key, secret_access_key=creds.secret_key,
                                  session_token=creds.session_token, expires_at=expires)
-
-    async def issue(self, workspace_id: str) -> StorageGrant:
-        prefix = self.object_key_prefix(workspace_id)
-        creds = self._cache.get(prefix)
-        if creds is not None and creds.seconds_left(utc_now()) > self.refresh_before:
-            return self._grant(prefix, creds)  # nearly every call: no lock, no STS
-        lock = self._locks.setdefault(prefix, asyncio.Lock())
-        async with lock:  # one STS call per prefix at a time; the others reuse its answer
-            creds = self._cache.get(prefix)
-            if creds is None or creds.seconds_left(utc_now()) <= self.refresh_before:
-                try:
-                    creds = await self._runner.run(self._assume_role, prefix)
-                except StorageUnavailable:
-                    # A failed refresh keeps handing out credentials that are still good enough.
-                    if creds is None or creds.seconds_left(utc_now()) < MIN_CREDENTIAL_SECONDS:
-                        raise
-                    log.warning("STS refresh failed; reusing credentials valid for %.0f s more",
-                                creds.seconds_left())
-                else:
-                    self._cache[prefix] = creds
-        return self._grant(prefix, creds)
-
-    def _grant(self, prefix: str, creds: UploadCredentials) -> StorageGrant:
-        """The grant for these credentials, built once per credentials (values are frozen)."""
-        grant = self._grants.get(prefix)
-        if grant is None or grant.credentials is not creds:
-            grant = StorageGrant(bucket=self.bucket, endpoint=self.public_endpoint, region=self.region,
-                                 provider=self.provider, object_key_prefix=prefix, credentials=creds)
-            self._grants[prefix] = grant
-        return grant
-
-    async def close(self) -> None:
-        self._runner.close()
 
 
 class StaticCredentialProvider(CredentialProvider):
@@ -336,11 +304,10 @@ class StaticCredentialProvider(CredentialProvider):
         expire_seconds: int = 3600,
     ) -> None:
         split_endpoint(endpoint)
-        if provider not in PROVIDERS:
-            raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}")
+        check_provider(provider)
         if expire_seconds < MIN_CREDENTIAL_SECONDS:
             raise ValueError(f"expire_seconds must be >= {MIN_CREDENTIAL_SECONDS}")
-        _check_prefix_template(prefix_template)
+        check_prefix_template(prefix_template)
         self._grant_fields = dict(bucket=bucket, endpoint=endpoint.rstrip("/"), region=region,
                                   provider=provider)
         self._keys = (access_key, secret_key, session_token)
