@@ -109,7 +109,7 @@ def check_media_file(file: MediaFile) -> None:
     check_text(file.tiny_fingerprint, MAX_TINY_FINGERPRINT, "tiny_fingerprint")
     check_text(file.name, MAX_NAME, "name")
     check_text(file.path, MAX_PATH, "path")
-    for field in ("file_group_id", "drone_model_key", "payload_model_key", "sn", "job_id"):
+    for field in ("file_group_id", "drone_model_key", "payload_model_key", "sn", "job_id", "payload_name"):
         check_text(getattr(file, field), MAX_SHORT_ID, field)
     check_text(file.created_time_text, MAX_TIME_TEXT, "created_time_text")
     if file.sub_file_type is not None:
