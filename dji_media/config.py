@@ -20,6 +20,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from .errors import ConfigError
 from .interfaces import MIN_CREDENTIAL_SECONDS, Authenticator, CredentialProvider, MediaStore, ObjectStore
 
+__all__ = ["Config", "ServerSettings", "ServiceSettings", "EmbeddedS3Settings", "BackendSettings",
+           "load_config", "parse_config", "load_class", "REGISTRY"]
+
 # The advertised expire is the credentials' remaining life minus this margin; providers hand out
 # credentials with at least MIN_CREDENTIAL_SECONDS left, so devices always get 300 s or more.
 MAX_EXPIRE_MARGIN = MIN_CREDENTIAL_SECONDS - 300
@@ -94,10 +97,23 @@ class BackendSettings:
     options: Mapping[str, Any]
 
     def build(self) -> Any:
+        """The backend, built. ``ConfigError`` when the options do not fit the constructor's
+        signature or the constructor refuses a value (``ValueError``); any other exception,
+        a ``TypeError`` from inside the constructor included, is a bug and propagates as is."""
+        key = f"{self.section}.options"
+        try:
+            signature = inspect.signature(self.cls)
+        except (TypeError, ValueError):  # nothing to check against (a C type): the call will tell
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind(**self.options)
+            except TypeError as exc:
+                raise ConfigError(key, f"{self.cls.__name__}: {exc}") from None
         try:
             return self.cls(**self.options)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{self.section}.options", str(exc)) from None
+        except ValueError as exc:
+            raise ConfigError(key, str(exc)) from None
 
 
 @dataclasses.dataclass(frozen=True)

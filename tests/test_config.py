@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from dji_media import ConfigError, InMemoryMediaStore, PeeweeMediaStore, StsCredentialProvider
-from dji_media.config import load_config, parse_config
+from dji_media.config import BackendSettings, load_config, parse_config
 from dji_media.wiring import build_service
 from dji_media.workers import check_shareable
 
@@ -87,6 +87,34 @@ def test_bad_values_are_refused_naming_the_key(raw, change, key):
         build_service(parse_config(bad, environ={}))
     assert info.value.key == key
     assert str(info.value).startswith(key)
+
+
+class Fussy:
+    """A backend constructor: refuses a value (ValueError) or, given ``bug``, fails as a bug would."""
+
+    def __init__(self, *, url: str, bug: bool = False) -> None:
+        if not url.startswith("x:"):
+            raise ValueError("url must start with x:")
+        if bug:
+            len(None)  # a TypeError from inside the constructor
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"url": "x:1", "colour": "blue"}, "media_store.options: Fussy: got an unexpected keyword argument 'colour'"),
+    ({}, "media_store.options: Fussy: missing a required argument: 'url'"),
+    ({"url": "y:1"}, "media_store.options: url must start with x:"),
+])
+def test_options_that_do_not_fit_the_constructor_are_config_errors(options, message):
+    # Settings made in code skip the YAML checks; build() still names the section.
+    with pytest.raises(ConfigError) as info:
+        BackendSettings(section="media_store", cls=Fussy, options=options).build()
+    assert str(info.value) == message and info.value.key == "media_store.options"
+
+
+def test_a_type_error_inside_a_constructor_stays_a_bug():
+    with pytest.raises(TypeError, match="has no len"):
+        BackendSettings(section="media_store", cls=Fussy, options={"url": "x:1", "bug": True}).build()
+    assert isinstance(BackendSettings(section="media_store", cls=Fussy, options={"url": "x:1"}).build(), Fussy)
 
 
 def test_type_errors_do_not_quote_values(raw):
