@@ -1,4 +1,8 @@
-"""The ``dji-media`` command: ``serve``, ``check``, ``import`` and ``migrate``."""
+"""The ``dji-media`` command: ``serve``, ``check``, ``import`` and ``migrate``.
+
+``serve`` chooses between one process (``dji_media.runtime``) and the worker supervisor
+(``dji_media.workers``, whose workers each run the runtime): the choice lives here, above both.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +13,8 @@ import sys
 from typing import List, Optional
 
 from .errors import ConfigError, DjiMediaError
+
+__all__ = ["main", "serve"]
 
 
 def _workers(text: str) -> int:
@@ -25,6 +31,22 @@ def _load(path: str):
     from .config import load_config
 
     return load_config(path)
+
+
+def serve(config) -> int:
+    """``dji-media serve``: one process, or ``server.workers`` processes under a supervisor.
+    Returns the exit status; start-up failures raise DjiMediaError."""
+    if config.server.workers > 1:
+        from .workers import supervise
+
+        return supervise(config)
+    from .runtime import Runtime
+
+    async def one_process() -> int:
+        # Built inside the loop: on Python 3.9 asyncio objects bind to the loop of their making.
+        return await Runtime.from_config(config).serve()
+
+    return asyncio.run(one_process())
 
 
 async def _check(config) -> int:
@@ -139,9 +161,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return asyncio.run(import_command(
                 config, source_url=args.source, source_table=args.source_table, workspaces=args.workspace,
                 dry_run=args.dry_run, quiet=args.quiet))
-        from .server import run
-
-        return run(config)
+        return serve(config)
     except DjiMediaError as exc:
         print(f"dji-media: {exc.message}", file=sys.stderr)
         return 2

@@ -6,10 +6,11 @@ sockets, closes everything it built and only then forks: a fork copies only the 
 so a thread pool, a database connection or an event loop must never cross it. Each worker
 builds its own service (its own event loop, thread pools and database pool) and accepts on the
 inherited sockets and, on Linux, on a socket of its own on the same port (see ``_own_sockets``).
-The parent then only supervises: SIGTERM or SIGINT is passed on to every
-worker, each drains its requests as a single process does, and the parent exits 0 once all have
-exited. A worker that dies unexpectedly is logged and replaced, after a delay that grows while
-replacements keep dying.
+Each worker runs a ``dji_media.runtime.Runtime``, as a single process does.
+The parent then only supervises: SIGTERM, SIGINT or SIGHUP is passed on to every worker (as
+SIGTERM), each drains its requests as a single process does, and the parent exits 0 once all
+have exited. A worker that dies unexpectedly is logged and replaced, after a delay from a
+``RestartPolicy`` that grows while replacements keep dying; a crash loop stops everything.
 
 Nothing the workers must agree on lives in one process's memory: records, verification times
 (``verified_at``) and the schema version are in the database, objects in the bucket. What each
@@ -30,25 +31,21 @@ import sys
 import threading
 import time
 import traceback
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import tornado.netutil
 
 from .config import Config
 from .errors import ConfigError, DjiMediaError
-from .server import listen, listening_line, make_server, serve_until_signalled, startup_checks, tls_context
+from .runtime import RestartPolicy, Runtime, stop_signals
+from .server import listen, listening_line, startup_checks, tls_context
 from .wiring import build_service, start_embedded_s3
+
+__all__ = ["supervise", "check_shareable", "worker_restart_policy"]
 
 log = logging.getLogger("dji_media.workers")
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# Blocked across fork(): a signal sent to a new worker before its event loop has installed
-# handlers waits instead of killing it mid-start (or running the parent's handler in it).
-FORK_BLOCKED = {*STOP_SIGNALS, signal.SIGCHLD}
 START_TIMEOUT = 60.0  # seconds a worker has to build its service and start accepting
-BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0  # seconds before a replacement; doubles per quick death
-STABLE_SECONDS = 60.0  # a worker that ran this long resets its slot's backoff
-MAX_QUICK_DEATHS = 8  # in a row, each within STABLE_SECONDS: give up (a crash loop)
 EXIT_WORKER_START = 3  # a worker that could not start (the parent's own start failures are 2)
 # Linux spreads connections over the SO_REUSEPORT sockets of a port; other systems do not
 # (the BSDs give them all to the newest), so there the workers share the parent's sockets only.
@@ -86,8 +83,16 @@ async def _prepare(config: Config) -> Tuple[List[socket.socket], str]:
         await service.close()  # the workers build their own: no pool or connection crosses fork()
 
 
-def supervise(config: Config) -> int:
-    """Run ``config.server.workers`` worker processes until SIGTERM/SIGINT; the exit status."""
+def worker_restart_policy(clock: Callable[[], float] = time.monotonic) -> RestartPolicy:
+    """The supervisor's default: a replacement after 0.5 s, doubling per quick death up to 30 s;
+    a worker that ran a minute starts again from 0.5 s; the eighth death in a row, each within a
+    minute of starting, is a crash loop and stops the server."""
+    return RestartPolicy(first_delay=0.5, max_delay=30.0, stable_seconds=60.0, max_quick_failures=8, clock=clock)
+
+
+def supervise(config: Config, *, restart: Optional[RestartPolicy] = None) -> int:
+    """Run ``config.server.workers`` worker processes until SIGTERM, SIGINT or SIGHUP; the exit
+    status. ``restart`` decides when a dead worker is replaced (``worker_restart_policy()``)."""
     if not hasattr(os, "fork"):
         raise ConfigError("server.workers", "several workers need fork() (Linux, macOS); use 1")
     check_shareable(config)
@@ -95,7 +100,7 @@ def supervise(config: Config) -> int:
     try:
         sockets, line = asyncio.run(_prepare(config))
         try:
-            return _Supervisor(config, sockets, line).run()
+            return _Supervisor(config, sockets, line, restart or worker_restart_policy()).run()
         finally:
             for sock in sockets:
                 sock.close()
@@ -109,19 +114,22 @@ class _Worker:
         self.slot = slot
         self.pid = pid
         self.ready_fd: Optional[int] = ready_fd  # closed once the worker reported ready
-        self.started = time.monotonic()
         self.ready = False
 
 
 class _Supervisor:
-    def __init__(self, config: Config, sockets: List[socket.socket], line: str) -> None:
+    def __init__(self, config: Config, sockets: List[socket.socket], line: str, restart: RestartPolicy) -> None:
         self.config = config
         self.sockets = sockets
         self.line = line
+        self.restart = restart  # keyed by slot
         self.count = config.server.workers
         self.workers: Dict[int, _Worker] = {}  # by pid
         self.restart_at: Dict[int, float] = {}  # slot -> monotonic time of its replacement
-        self.quick_deaths: Dict[int, int] = {}  # slot -> deaths in a row within STABLE_SECONDS
+        self.stop_signals = stop_signals()  # decided once: the workers inherit an ignored SIGHUP
+        # Blocked across fork(): a signal sent to a new worker before its event loop has installed
+        # handlers waits instead of killing it mid-start (or running the parent's handler in it).
+        self.fork_blocked: FrozenSet[int] = frozenset({*self.stop_signals, signal.SIGCHLD})
         self.stopping = False
         self.stop_started = self.stop_deadline = 0.0
         self.status = 0
@@ -138,7 +146,7 @@ class _Supervisor:
         # Never written: the workers hold the read end and see end-of-file when the parent is
         # gone, however it died (SIGKILL included), and stop instead of serving unsupervised.
         self.lifeline_r, self.lifeline_w = os.pipe()
-        previous = {sig: signal.signal(sig, _ignore) for sig in FORK_BLOCKED}
+        previous = {sig: signal.signal(sig, _ignore) for sig in self.fork_blocked}
         old_wakeup = signal.set_wakeup_fd(self.wake_w)
         try:
             if self._start_all():
@@ -204,7 +212,7 @@ class _Supervisor:
                     self._fork(slot)
 
     def _wait(self, timeout: Optional[float]) -> bool:
-        """Sleep until a signal or a ready report (or the timeout); True on SIGTERM/SIGINT."""
+        """Sleep until a signal or a ready report (or the timeout); True on a stop signal."""
         fds = [self.wake_r] + [w.ready_fd for w in self.workers.values() if w.ready_fd is not None]
         try:
             readable, _, _ = select.select(fds, [], [], None if timeout is None else max(0.0, timeout))
@@ -216,7 +224,7 @@ class _Supervisor:
                 data = os.read(self.wake_r, 512)
             except BlockingIOError:
                 data = b""
-            stop = any(byte in (signal.SIGTERM, signal.SIGINT) for byte in data)
+            stop = any(byte in self.stop_signals for byte in data)
         for worker in self.workers.values():
             if worker.ready_fd is not None and worker.ready_fd in readable:
                 if os.read(worker.ready_fd, 1):
@@ -264,23 +272,21 @@ class _Supervisor:
                 log.error("worker %d (pid %d) %s while stopping", worker.slot, worker.pid, _describe(code))
                 self.status = self.status or 1
             return
-        ran = time.monotonic() - worker.started
-        deaths = 1 if ran >= STABLE_SECONDS else self.quick_deaths.get(worker.slot, 0) + 1
-        self.quick_deaths[worker.slot] = deaths
-        if deaths >= MAX_QUICK_DEATHS:
+        decision = self.restart.failed(worker.slot)
+        if decision.delay is None:
             log.error("worker %d (pid %d) %s; it died %d times in a row within %.0f s of starting, "
-                      "so it is not replaced", worker.slot, worker.pid, _describe(code), deaths, STABLE_SECONDS)
+                      "so it is not replaced", worker.slot, worker.pid, _describe(code), decision.failures,
+                      self.restart.stable_seconds)
             print(f"dji-media: worker {worker.slot} keeps dying ({_describe(code)}); stopping",
                   file=sys.stderr, flush=True)
             self.status = 1
             self._stop()
             return
-        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (deaths - 1))
         # Status 0: someone stopped this worker alone (it drained); anything else is a failure.
         log.log(logging.WARNING if code == 0 else logging.ERROR,
                 "worker %d (pid %d) %s after %.1f s; starting a replacement in %.1f s",
-                worker.slot, worker.pid, _describe(code), ran, delay)
-        self.restart_at[worker.slot] = time.monotonic() + delay
+                worker.slot, worker.pid, _describe(code), decision.ran, decision.delay)
+        self.restart_at[worker.slot] = time.monotonic() + decision.delay
 
     def _fork(self, slot: int) -> None:
         ready_r, ready_w = os.pipe()
@@ -288,7 +294,7 @@ class _Supervisor:
         sys.stderr.flush()
         if threading.active_count() > 1:  # would be a bug: a fork copies no other thread
             log.warning("forking with %d threads running", threading.active_count())
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORK_BLOCKED)
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.fork_blocked)
         try:
             pid = os.fork()
         except OSError:
@@ -302,6 +308,7 @@ class _Supervisor:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         os.close(ready_w)
         self.workers[pid] = _Worker(slot, pid, ready_r)
+        self.restart.started(slot)
 
 
 # ------------------------------------------------------------------------------ worker
@@ -311,14 +318,15 @@ def _worker_main(parent: _Supervisor, slot: int, ready_w: int) -> None:
     code = 0
     try:
         # The parent's plumbing is not the worker's: default signal handling (still blocked),
-        # no wake-up fd, none of the parent's pipes.
+        # no wake-up fd, none of the parent's pipes. An ignored SIGHUP (nohup) stays ignored.
         signal.set_wakeup_fd(-1)
-        for sig in FORK_BLOCKED:
+        for sig in parent.fork_blocked:
             signal.signal(sig, signal.SIG_DFL)
         for fd in [parent.wake_r, parent.wake_w, parent.lifeline_w] + [
                 w.ready_fd for w in parent.workers.values() if w.ready_fd is not None]:
             os.close(fd)
-        asyncio.run(_serve_worker(parent.config, parent.sockets, ready_w, parent.lifeline_r))
+        code = asyncio.run(_serve_worker(parent.config, parent.sockets, ready_w, parent.lifeline_r,
+                                         parent.fork_blocked))
     except DjiMediaError as exc:
         print(f"dji-media: worker {slot}: {exc.message}", file=sys.stderr)
         code = EXIT_WORKER_START
@@ -357,27 +365,26 @@ def _own_sockets(config: Config, shared: List[socket.socket]) -> List[socket.soc
         return []
 
 
-async def _serve_worker(config: Config, sockets: List[socket.socket], ready_w: int, lifeline: int) -> None:
-    service = build_service(config)
-    try:
-        server, in_flight = make_server(service, config)
-        server.add_sockets(sockets + _own_sockets(config, sockets))
-        loop = asyncio.get_running_loop()
+async def _serve_worker(config: Config, sockets: List[socket.socket], ready_w: int, lifeline: int,
+                        blocked: FrozenSet[int]) -> int:
+    # The parent ran the checks, started the embedded S3 server and printed the banner.
+    runtime = Runtime.from_config(config, sockets=sockets + _own_sockets(config, sockets),
+                                  startup_checks=False, embedded_s3=False, banner=False)
+    loop = asyncio.get_running_loop()
 
-        def parent_gone() -> None:
-            loop.remove_reader(lifeline)
-            log.warning("the supervising process is gone; stopping")
-            os.kill(os.getpid(), signal.SIGTERM)  # the same drain as on a stop
+    def parent_gone() -> None:
+        loop.remove_reader(lifeline)
+        log.warning("the supervising process is gone; stopping")
+        runtime.request_stop()  # the same drain as on a stop
 
-        def ready() -> None:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORK_BLOCKED)  # the loop's handlers are in place
-            loop.add_reader(lifeline, parent_gone)
-            os.write(ready_w, b"1")
-            os.close(ready_w)
+    def ready() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)  # the runtime's handlers are in place
+        loop.add_reader(lifeline, parent_gone)
+        os.write(ready_w, b"1")
+        os.close(ready_w)
 
-        await serve_until_signalled(server, in_flight, config, on_ready=ready)
-    finally:
-        await service.close()
+    runtime.on_ready(ready)
+    return await runtime.serve()
 
 
 # ------------------------------------------------------------------------------ helpers

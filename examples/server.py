@@ -2,60 +2,73 @@
 
     python examples/server.py --config conf/example.yaml
 
-A real host application would add its own routes (login page, device binding, ...) next to the
-media routes. ``dji-media serve`` does the same as this file, plus start-up checks and a
-graceful shutdown.
+A host application's view: it reads the YAML configuration, builds the service, puts the media
+routes next to its own in one Application, and runs it with ``dji_media.runtime.Runtime``, which
+starts the embedded S3 server, checks the database and storage, listens, and on SIGTERM, SIGINT
+or SIGHUP drains the requests in flight and closes everything (doc/embedding.md).
 """
 import argparse
 import asyncio
 import logging
-import signal
+import sys
 
 import tornado.web
 
-from dji_media import NotFoundHandler, get_handlers, get_health_handlers
-from dji_media.config import load_config
-from dji_media.server import tls_context
-from dji_media.wiring import build_service, start_embedded_s3
+from dji_media import ConfigError, DjiMediaError, NotFoundHandler, get_handlers, get_health_handlers
+from dji_media.config import Config, load_config
+from dji_media.runtime import HttpTransport, Runtime
+from dji_media.web import InFlight
+from dji_media.wiring import build_service, demo_banner, embedded_s3, tls_context
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="conf/example.yaml")
-    config = load_config(parser.parse_args().config)
-    logging.basicConfig(level=config.log_level.upper())
+class HelloHandler(tornado.web.RequestHandler):
+    """Stands for the host application's own routes (login page, device binding, ...)."""
 
-    storage = start_embedded_s3(config)  # None unless the config has an embedded_s3 section
+    def get(self) -> None:
+        self.write({"hello": "from the host application"})
+
+
+async def serve(config: Config) -> int:
+    ssl_options = tls_context(config)
+    storage = embedded_s3(config)  # None unless the config has an embedded_s3 section
     service = build_service(config)
+    runtime = Runtime(service, grace=config.server.shutdown_grace_seconds, embedded_s3=storage)
+    in_flight = InFlight()  # the shutdown waits for the media requests it counts
     app = tornado.web.Application(
-        get_handlers(service, prefix=config.server.prefix,
-                     max_body_bytes=config.server.max_body_bytes)
+        [(r"/hello", HelloHandler)]
+        + get_handlers(service, prefix=config.server.prefix, max_body_bytes=config.server.max_body_bytes,
+                       in_flight=in_flight)
         + get_health_handlers(service),
         default_handler_class=NotFoundHandler,
     )
-    app.listen(config.server.port, config.server.host, ssl_options=tls_context(config),
-               max_body_size=config.server.max_body_bytes)
-    scheme = "https" if config.server.tls_cert_file else "http"
-    print(f"dji_media example server on {scheme}://{config.server.host}:{config.server.port}", flush=True)
-    if config.server.demo_banner and hasattr(service.authenticator, "example"):
-        token, workspace = service.authenticator.example()
-        print(f"demo token: {token}  workspace: {workspace}", flush=True)
-    # Stop on Ctrl-C and on SIGTERM (systemd, docker stop), and close the backends and the
-    # embedded storage either way. Handlers of our own, not KeyboardInterrupt: a process started
-    # in the background of a shell inherits SIGINT as ignored, and Python then raises nothing.
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    http = runtime.add_transport(HttpTransport(
+        app, host=config.server.host, port=config.server.port, in_flight=in_flight,
+        max_body_size=config.server.max_body_bytes, ssl_options=ssl_options))
+
+    def announce() -> None:
+        print(demo_banner(config, service, http.port, http.scheme)
+              or f"dji_media example server on {http.scheme}://{config.server.host}:{http.port}", flush=True)
+
+    runtime.on_ready(announce)
+    return await runtime.serve()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="conf/example.yaml")
+    args = parser.parse_args()
     try:
-        await stop.wait()
-    finally:
-        await service.close()
-        if storage is not None:
-            storage.stop()
+        config = load_config(args.config)
+        logging.basicConfig(level=config.log_level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return asyncio.run(serve(config))
+    except ConfigError as exc:
+        print(f"examples/server.py: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    except DjiMediaError as exc:  # storage or a database that cannot be reached, a port in use, ...
+        print(f"examples/server.py: {exc.message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+    sys.exit(main())

@@ -60,7 +60,9 @@ def test_example_server_with_embedded_storage(tmp_path):
     proc, base = start([sys.executable, "examples/server.py", "--config", config], tmp_path)
     try:
         pilot2_round(base, "ws-cli")
-        assert TOKEN in (tmp_path / "server.out").read_text()  # the demo banner shows a token
+        out = (tmp_path / "server.out").read_text()
+        assert TOKEN in out  # the demo banner shows a token, and a request to try with it
+        assert f"try: curl -s -X POST -H 'X-Auth-Token: {TOKEN}' {base}/storage/api/v1/workspaces/ws-cli/sts" in out
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0

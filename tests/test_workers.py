@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -20,6 +21,8 @@ import yaml
 
 from dji_media import PeeweeMediaStore
 from dji_media.backends.peewee_store import open_database
+from dji_media.runtime import Restart, RestartPolicy
+from dji_media.workers import worker_restart_policy
 from support import (
     SERVE,
     TOKEN,
@@ -236,27 +239,121 @@ def test_workers_stop_when_the_supervisor_is_killed(tmp_path, s3):
     assert (tmp_path / "server.out").read_text().count("the supervising process is gone; stopping") == 2
 
 
-def test_a_crash_loop_backs_off_then_gives_up(tmp_path, s3, capsys):
-    """The replacement policy alone (no processes): the delay doubles while replacements die
-    within a minute of starting, and the eighth such death in a row stops everything."""
-    from dji_media.config import load_config
-    from dji_media.workers import MAX_QUICK_DEATHS, _Supervisor, _Worker
+class FakeClock:
+    """Monotonic seconds that move only when the test says so."""
 
-    supervisor = _Supervisor(load_config(config_file(tmp_path, s3, workers=2)), [], "")
-    delays = []
-    for death in range(1, MAX_QUICK_DEATHS):
-        before = time.monotonic()
-        supervisor._exited(_Worker(slot=1, pid=100 + death, ready_fd=None), -9)
-        delays.append(round(supervisor.restart_at.pop(1) - before, 1))
-    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
-    assert not supervisor.stopping
-    stable = _Worker(slot=2, pid=300, ready_fd=None)
-    stable.started -= 61  # ran for more than a minute: its slot starts again from 0.5 s
-    supervisor._exited(stable, 1)
-    assert round(supervisor.restart_at[2] - time.monotonic(), 1) == 0.5
-    supervisor._exited(_Worker(slot=1, pid=200, ready_fd=None), -9)
-    assert supervisor.stopping and supervisor.status == 1 and not supervisor.restart_at
-    assert "dji-media: worker 1 keeps dying (was killed by SIGKILL); stopping" in capsys.readouterr().err
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_replacements_back_off_then_a_crash_loop_gives_up():
+    """The supervisor's policy alone (no processes, no waiting): the delay doubles while
+    replacements die within a minute of starting, and the eighth such death in a row gives up."""
+    clock = FakeClock()
+    policy = worker_restart_policy(clock=clock)
+    decisions = []
+    for _ in range(8):
+        policy.started(1)
+        clock.now += 2.5
+        decisions.append(policy.failed(1))
+    assert [d.delay for d in decisions] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, None]
+    assert [d.failures for d in decisions] == list(range(1, 9))
+    assert {d.ran for d in decisions} == {2.5}
+
+
+def test_a_worker_that_ran_a_minute_starts_again_from_the_first_delay():
+    clock = FakeClock()
+    policy = worker_restart_policy(clock=clock)
+    for _ in range(3):
+        policy.started(2)
+        clock.now += 1
+        policy.failed(2)
+    policy.started(2)
+    clock.now += 61
+    assert policy.failed(2) == Restart(delay=0.5, failures=1, ran=61.0)
+    policy.started(2)
+    clock.now += 1
+    assert policy.failed(2).delay == 1.0  # and counts up again from there
+
+
+def test_each_slot_backs_off_on_its_own():
+    clock = FakeClock()
+    policy = worker_restart_policy(clock=clock)
+    for slot in (1, 1, 1, 2):
+        policy.started(slot)
+        clock.now += 1
+        last = policy.failed(slot)
+    assert last.delay == 0.5  # slot 2's first death, whatever slot 1 did
+
+
+def test_a_policy_without_a_limit_retries_for_ever_at_the_longest_delay():
+    policy = RestartPolicy(first_delay=1.0, max_delay=60.0, clock=FakeClock())
+    for _ in range(2000):  # no float overflow however long it keeps failing
+        policy.started("task")
+        last = policy.failed("task")
+    assert last == Restart(delay=60.0, failures=2000, ran=0.0)
+
+
+@pytest.mark.parametrize("options", [dict(first_delay=-1), dict(first_delay=5, max_delay=1),
+                                     dict(stable_seconds=0), dict(max_quick_failures=0)])
+def test_a_policy_that_makes_no_sense_is_refused(options):
+    with pytest.raises(ValueError):
+        RestartPolicy(**options)
+
+
+# The supervisor with a policy that gives up after two quick deaths, as a host would inject it.
+CRASH_LOOP_SUPERVISOR = """
+import logging, sys
+from dji_media.config import load_config
+from dji_media.runtime import RestartPolicy
+from dji_media.workers import supervise
+logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
+sys.exit(supervise(load_config(sys.argv[1]),
+                   restart=RestartPolicy(first_delay=0.2, max_delay=0.2, max_quick_failures=2)))
+"""
+
+
+def test_a_worker_that_keeps_dying_stops_the_server(tmp_path, s3):
+    script = tmp_path / "supervise.py"
+    script.write_text(CRASH_LOOP_SUPERVISOR)
+    proc, base = start([sys.executable, str(script), config_file(tmp_path, s3, workers=2)], tmp_path)
+    try:
+        pids = announced_pids(tmp_path)
+        os.kill(pids[0], signal.SIGKILL)
+        deadline = time.time() + 10
+        now = children(proc.pid)
+        while time.time() < deadline and not (len(now) == 2 and pids[0] not in now):
+            time.sleep(0.05)
+            now = children(proc.pid)
+        replacement = (set(now) - set(pids)).pop()
+        time.sleep(0.5)  # let the replacement report ready
+        os.kill(replacement, signal.SIGKILL)  # the same slot dies again within a minute: given up
+        assert proc.wait(timeout=30) == 1
+    finally:
+        stop(proc)
+    logs = (tmp_path / "server.out").read_text()
+    assert re.search(r"dji-media: worker \d keeps dying \(was killed by SIGKILL\); stopping", logs), logs
+    assert re.search(r"ERROR dji_media.workers: worker \d \(pid \d+\) was killed by SIGKILL; it died 2 times "
+                     r"in a row within 60 s of starting, so it is not replaced", logs), logs
+    assert not any(alive(pid) for pid in pids + [replacement])
+    assert port_closed(base)
+
+
+def test_sighup_to_the_supervisor_drains_every_worker(tmp_path, s3):
+    """Closing the terminal (SIGHUP) stops every worker cleanly, as SIGTERM does."""
+    proc, base = start(SERVE + [config_file(tmp_path, s3, workers=2, level="info")], tmp_path)
+    pids = announced_pids(tmp_path)
+    pilot2_round(base, WS)
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=30) == 0
+    assert not any(alive(pid) for pid in pids)
+    assert port_closed(base)
+    logs = (tmp_path / "server.out").read_text()
+    assert logs.count("INFO dji_media.server: shutting down") == 2, logs  # each worker drained
+    assert "ERROR" not in logs and "Traceback" not in logs, logs
 
 
 def test_workers_must_be_at_least_one(tmp_path, s3):
