@@ -178,13 +178,28 @@ class CredentialProvider(_Closable, abc.ABC):
 
 
 class Authenticator(_Closable, abc.ABC):
-    """Turns the X-Auth-Token of a request into an identity for one workspace."""
+    """Turns the X-Auth-Token of a request into an identity: who it is, which workspaces it
+    covers, which scopes it holds. What a request may do is decided elsewhere, once
+    (``dji_media.access.authorize``, called by the service), so an authenticator never needs
+    to know the endpoints.
+
+    Authenticators written for the interface before scopes, ``authenticate(token,
+    workspace_id)``, keep working: the service reads the signature once, when it is built (a
+    second positional parameter without a default marks the old form), and then asks such an
+    authenticator about the request's workspace. A token it accepts gets that one workspace and
+    every scope, which is what its "yes" meant before; a warning in the log says so at start-up.
+    Port it to ``authenticate(token)`` to give tokens less. An optional second parameter is
+    never passed.
+    """
 
     @abc.abstractmethod
-    async def authenticate(self, token: Optional[str], workspace_id: str) -> Identity:
-        """Return the identity behind ``token`` if it may act on ``workspace_id``.
+    async def authenticate(self, token: Optional[str]) -> Identity:
+        """Return the identity behind ``token``: its subject, the workspaces it may act on
+        (``"*"``: any) and its scopes (``dji_media.access.ALL_SCOPES`` names them).
 
-        Raises ``Unauthenticated`` for a missing, malformed, badly signed or expired token
-        (and only then: Pilot 2 logs the pilot out on 401), and ``Forbidden`` for a valid token
-        that does not cover the workspace.
+        Raises ``Unauthenticated`` for a missing, malformed, badly signed or expired token, and
+        only then: Pilot 2 logs the pilot out on 401. A valid token that may do little is not
+        an error here: it is an identity with few workspaces or scopes, refused later with
+        ``Forbidden``. A valid token that can never be let in (a signed JWT naming no workspace)
+        may raise ``Forbidden`` at once, with a message saying why.
         """

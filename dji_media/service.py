@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+import types
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .access import UPLOAD, authorize, identify_with
 from .errors import BadRequest, StorageUnavailable, Unavailable
 from .interfaces import MIN_CREDENTIAL_SECONDS, Authenticator, CredentialProvider, MediaStore, ObjectStore
 from .rules import (
@@ -36,9 +38,20 @@ from .values import (
 )
 
 # Kept importable from here: it was public before the rules had a module of their own.
-__all__ = ["MediaService", "CallbackOutcome", "check_object_key_form"]
+__all__ = ["MediaService", "CallbackOutcome", "USE_CASE_SCOPES", "check_object_key_form"]
 
 log = logging.getLogger("dji_media.service")
+
+# What each use case requires: the one table of authorisation (doc/security.md shows it per
+# endpoint). A transport looks its use case up here and passes the scope to ``authenticate``.
+USE_CASE_SCOPES: Mapping[str, str] = types.MappingProxyType({
+    "fast_upload": UPLOAD,
+    "existing_tiny_fingerprints": UPLOAD,
+    "issue_credentials": UPLOAD,
+    "record_upload": UPLOAD,
+    "record_group": UPLOAD,
+})
+
 
 @dataclasses.dataclass(frozen=True)
 class CallbackOutcome:
@@ -86,6 +99,8 @@ class MediaService:
         self.object_store = object_store
         self.credentials = credentials
         self.authenticator = authenticator
+        # Decided once: an authenticator written before scopes is adapted here (see Authenticator).
+        self._identify = identify_with(authenticator)
         self.expire_margin = expire_margin
         self.verify_concurrency = verify_concurrency
         self.enforce_key_prefix = enforce_key_prefix
@@ -93,9 +108,17 @@ class MediaService:
 
     # -------------------------------------------------------------------------- access
 
-    async def authenticate(self, token: Optional[str], workspace_id: str) -> Identity:
-        """Let the token into the workspace or raise Unauthenticated / Forbidden / BadRequest."""
-        identity = await self.authenticator.authenticate(token, workspace_id)
+    async def authenticate(self, token: Optional[str], workspace_id: str, scope: str) -> Identity:
+        """The token's identity, if it may do ``scope`` (``USE_CASE_SCOPES``) in the workspace.
+
+        Raises Unauthenticated (bad token: the only 401), then Forbidden (another workspace, or
+        a scope it lacks), then BadRequest (a malformed workspace id). Authorisation comes before
+        the id's format so that a token limited to other workspaces learns nothing about which
+        ids are well-formed, as before scopes (doc/protocol-decisions.md, order of checks); the
+        id is still checked before any backend sees it.
+        """
+        identity = await self._identify(token, workspace_id)
+        authorize(identity, workspace_id, scope)
         check_workspace_id(workspace_id)
         return identity
 

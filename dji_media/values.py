@@ -7,19 +7,38 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-from typing import Optional, Tuple
+from typing import FrozenSet, Iterable, Optional, Tuple
 
 
 def utc_now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class Identity:
-    """Who made a request, once the Authenticator let them into ``workspace_id``."""
+    """Who a token is: its subject, the workspaces it may act on (``"*"``: any) and its scopes
+    (``dji_media.access``: what it may do there). ``dji_media.access.authorize`` decides.
+
+    Any iterable is accepted and stored as a frozenset. ``Identity(subject, workspace_id)`` and
+    ``workspace_id=``, the form before scopes, still build: one workspace and no scope, so an
+    authenticator written for the old interface keeps constructing identities.
+    """
 
     subject: str
-    workspace_id: str
+    workspaces: FrozenSet[str]
+    scopes: FrozenSet[str]
+
+    def __init__(self, subject: str, workspaces: Iterable[str] = (), scopes: Iterable[str] = (), *,
+                 workspace_id: Optional[str] = None) -> None:
+        if isinstance(workspaces, str):  # the old positional form: one workspace, not its letters
+            workspaces = (workspaces,)
+        if workspace_id is not None:
+            workspaces = (*workspaces, workspace_id)
+        if isinstance(scopes, str):
+            raise TypeError("scopes must be an iterable of scope names, not a string")
+        object.__setattr__(self, "subject", subject)
+        object.__setattr__(self, "workspaces", frozenset(workspaces))
+        object.__setattr__(self, "scopes", frozenset(scopes))
 
 
 @dataclasses.dataclass(frozen=True)

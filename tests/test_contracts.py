@@ -86,7 +86,10 @@ class TestAuthenticators(AuthenticatorContract):
     @pytest.fixture
     def authenticator(self, kind):
         if kind == "static":
-            return StaticTokenAuthenticator(tokens={"static-token-ws-1": ["ws-1"]})
+            return StaticTokenAuthenticator(tokens={
+                "static-token-ws-1": ["ws-1"],
+                "static-read-only-ws-1": {"workspaces": ["ws-1"], "scopes": ["read"]},
+            })
         return JwtAuthenticator(secret=JWT_SECRET)
 
     @pytest.fixture
@@ -106,6 +109,13 @@ class TestAuthenticators(AuthenticatorContract):
             return "not-a-known-token"
         return jwt.encode({"workspace_id": "ws-1", "exp": 4102444800}, "another-secret-of-32-characters!",
                           algorithm="HS256")
+
+    @pytest.fixture
+    def read_only_token(self, kind):
+        if kind == "static":
+            return "static-read-only-ws-1"
+        return jwt.encode({"workspace_id": "ws-1", "username": "viewer", "scope": "read",
+                           "exp": 4102444800}, JWT_SECRET, algorithm="HS256")
 
 
 class CountedSts(StsCredentialProvider):

@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from dji_media import InMemoryMediaStore, PeeweeMediaStore
-from support import ENGINES, TOKEN_B
+from dji_media import InMemoryMediaStore, PeeweeMediaStore, StaticTokenAuthenticator
+from support import ENGINES, TOKEN_A, TOKEN_B
 
 # pytest-tornado asks for `app` (and so `service` and `store`) by name at run time, which pytest
 # cannot see when it parametrizes: naming the fixture here makes every test run on each store.
@@ -27,6 +27,21 @@ def store(request, fresh_tables, io_loop):
     store = PeeweeMediaStore(url=url, table_prefix=prefix)
     yield store
     io_loop.run_sync(store.close)
+
+# conftest's two tokens (every scope, as a token configured without scopes has), plus tokens
+# of ws-a limited by scope.
+READ_ONLY = "read-only-token-ws-a"
+UPLOAD_ONLY = "upload-only-token-ws-a"
+
+
+@pytest.fixture
+def authenticator():
+    return StaticTokenAuthenticator(tokens={
+        TOKEN_A: ["ws-a"], TOKEN_B: ["ws-b"],
+        READ_ONLY: {"workspaces": ["ws-a"], "scopes": ["read"]},
+        UPLOAD_ONLY: {"workspaces": ["ws-a"], "scopes": ["upload"]},
+    })
+
 
 FP = "7F78C9F1999425CB61F10E1FE206009E"
 TINY = "297f490b0252690d3f93841818567cc6_2022_8_31_15_16_16"
@@ -303,6 +318,30 @@ async def test_other_workspace_is_403_and_touches_nothing(call, store):
     for path in ENDPOINTS:
         status, _ = await call(path, {}, token=TOKEN_B)
         assert status == 403, path
+
+
+@pytest.mark.gen_test
+async def test_a_token_without_the_upload_scope_is_403_on_every_upload_endpoint(call, store, objects):
+    objects.put(KEY)
+    status, env = await call(f"{MEDIA}/upload-callback", callback_body(), token=READ_ONLY)
+    assert (status, env) == (403, {"code": 403, "message": "this token lacks the 'upload' scope", "data": {}})
+    assert await store.get("ws-a", FP) is None
+    for path in ENDPOINTS:
+        status, env = await call(path, {}, token=READ_ONLY)
+        assert (status, env["code"]) == (403, 403) and "'upload' scope" in env["message"], path
+
+
+@pytest.mark.gen_test
+async def test_a_token_with_only_the_upload_scope_uses_every_upload_endpoint(call, objects):
+    objects.put(KEY)
+    for path, body in ((f"{MEDIA}/upload-callback", callback_body()),
+                       (f"{MEDIA}/fast-upload", {"fingerprint": FP}),
+                       (f"{MEDIA}/files/tiny-fingerprints", {"tiny_fingerprints": [TINY]}),
+                       (f"{MEDIA}/group-upload-callback",
+                        {"file_group_id": "g-1", "file_count": 1, "file_uploaded_count": 1}),
+                       (STS, {})):
+        status, env = await call(path, body, token=UPLOAD_ONLY)
+        assert (status, env["code"]) == (200, 0), (path, env)
 
 
 @pytest.mark.gen_test

@@ -80,7 +80,7 @@ async def test_jwt_with_another_algorithm_is_refused(algorithm):
     secret = "s" * 64  # long enough for every HMAC size, so PyJWT does not warn
     token = jwt.encode({"workspace_id": "ws", "exp": 4102444800}, secret, algorithm=algorithm)
     with pytest.raises(Unauthenticated):
-        await JwtAuthenticator(secret=secret).authenticate(token, "ws")
+        await JwtAuthenticator(secret=secret).authenticate(token)
 
 
 @pytest.mark.gen_test

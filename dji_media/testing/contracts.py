@@ -352,26 +352,65 @@ class CredentialProviderContract:
 
 class AuthenticatorContract:
     """Fixtures required: ``authenticator``; ``token_for(workspace_id)`` returning a valid token
-    for that one workspace; ``invalid_token``, a token it must refuse."""
+    for that one workspace (no wildcard) that may upload; ``invalid_token``, a token it must
+    refuse. Optional: ``read_only_token``, a valid token for ``ws-1`` with the ``read`` scope and
+    not ``upload`` (the default, None, skips that test: not every authenticator can say it).
+
+    Authorisation is ``dji_media.access.authorize``; these tests check that the identity an
+    authenticator returns makes it decide right.
+    """
+
+    @pytest.fixture
+    def read_only_token(self):
+        return None
 
     @pytest.mark.gen_test
     async def test_valid_token_for_its_workspace(self, authenticator, token_for):
-        identity = await authenticator.authenticate(token_for("ws-1"), "ws-1")
-        assert identity.workspace_id == "ws-1"
-        assert identity.subject
+        from ..access import UPLOAD, authorize
+        from ..values import Identity
+
+        identity = await authenticator.authenticate(token_for("ws-1"))
+        assert isinstance(identity, Identity)
+        assert isinstance(identity.subject, str) and identity.subject
+        assert isinstance(identity.workspaces, frozenset) and isinstance(identity.scopes, frozenset)
+        assert all(isinstance(name, str) for name in identity.workspaces | identity.scopes)
+        authorize(identity, "ws-1", UPLOAD)  # raises Forbidden if the identity does not allow it
+
+    @pytest.mark.gen_test
+    async def test_identity_is_frozen(self, authenticator, token_for):
+        import dataclasses
+
+        identity = await authenticator.authenticate(token_for("ws-1"))
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            identity.scopes = frozenset(("upload", "read", "delete", "devices"))
 
     @pytest.mark.gen_test
     async def test_missing_token_is_unauthenticated(self, authenticator):
         for token in (None, ""):
             with pytest.raises(Unauthenticated):
-                await authenticator.authenticate(token, "ws-1")
+                await authenticator.authenticate(token)
 
     @pytest.mark.gen_test
     async def test_invalid_token_is_unauthenticated(self, authenticator, invalid_token):
         with pytest.raises(Unauthenticated):
-            await authenticator.authenticate(invalid_token, "ws-1")
+            await authenticator.authenticate(invalid_token)
 
     @pytest.mark.gen_test
     async def test_other_workspace_is_forbidden(self, authenticator, token_for):
-        with pytest.raises(Forbidden):
-            await authenticator.authenticate(token_for("ws-1"), "ws-2")
+        from ..access import ALL_SCOPES, authorize
+
+        identity = await authenticator.authenticate(token_for("ws-1"))
+        for scope in sorted(ALL_SCOPES):
+            with pytest.raises(Forbidden, match="workspace"):
+                authorize(identity, "ws-2", scope)
+
+    @pytest.mark.gen_test
+    async def test_a_scope_the_token_lacks_is_forbidden(self, authenticator, read_only_token):
+        from ..access import READ, UPLOAD, authorize
+
+        if read_only_token is None:
+            pytest.skip("no read_only_token fixture: this authenticator's tokens cannot be limited")
+        identity = await authenticator.authenticate(read_only_token)
+        authorize(identity, "ws-1", READ)
+        with pytest.raises(Forbidden, match="upload"):
+            authorize(identity, "ws-1", UPLOAD)

@@ -8,7 +8,6 @@ from typing import Any, Dict, Optional
 
 import tornado.web
 
-from . import wire
 from ..errors import (
     BadRequest,
     DjiMediaError,
@@ -17,7 +16,8 @@ from ..errors import (
     Unauthenticated,
     Unavailable,
 )
-from ..service import MediaService
+from ..service import USE_CASE_SCOPES, MediaService
+from . import wire
 from .lifecycle import InFlight
 
 log = logging.getLogger("dji_media.web")
@@ -82,9 +82,12 @@ class _MediaHandler(EnvelopeMixin, tornado.web.RequestHandler):
 
     The body is streamed so that the token is checked and the size limit applied before any of
     it is read or parsed: an oversized or unauthenticated request costs the server nothing.
+    Each endpoint names the scope of its use case (``scope``, from the service's table); a
+    subclass that forgets fails with AttributeError, a 500, rather than letting anyone in.
     """
 
     SUPPORTED_METHODS = ("POST",)
+    scope: str
 
     def initialize(self, service: MediaService, max_body_bytes: int,
                    in_flight: Optional[InFlight] = None) -> None:
@@ -117,7 +120,7 @@ class _MediaHandler(EnvelopeMixin, tornado.web.RequestHandler):
                 raise self._too_large()
             workspace_id = self.path_kwargs.get("workspace_id", "")
             token: Optional[str] = self.request.headers.get("X-Auth-Token")
-            await self.service.authenticate(token, workspace_id)
+            await self.service.authenticate(token, workspace_id, self.scope)
         except DjiMediaError as exc:
             # The rest of the body is never read, so the connection cannot be reused.
             self.set_header("Connection", "close")
@@ -157,6 +160,8 @@ class _MediaHandler(EnvelopeMixin, tornado.web.RequestHandler):
 
 
 class FastUploadHandler(_MediaHandler):
+    scope = USE_CASE_SCOPES["fast_upload"]
+
     async def handle(self, workspace_id: str, body: bytes) -> Dict[str, Any]:
         query = wire.parse_fast_upload(body)
         if await self.service.fast_upload(workspace_id, query):
@@ -165,6 +170,8 @@ class FastUploadHandler(_MediaHandler):
 
 
 class TinyFingerprintsHandler(_MediaHandler):
+    scope = USE_CASE_SCOPES["existing_tiny_fingerprints"]
+
     async def handle(self, workspace_id: str, body: bytes) -> Dict[str, Any]:
         wanted = wire.parse_tiny_fingerprints(body)
         found = await self.service.existing_tiny_fingerprints(workspace_id, wanted)
@@ -172,6 +179,8 @@ class TinyFingerprintsHandler(_MediaHandler):
 
 
 class StsHandler(_MediaHandler):
+    scope = USE_CASE_SCOPES["issue_credentials"]
+
     async def handle(self, workspace_id: str, body: bytes) -> Dict[str, Any]:
         wire.parse_sts(body)
         grant, expire = await self.service.issue_credentials(workspace_id)
@@ -179,6 +188,8 @@ class StsHandler(_MediaHandler):
 
 
 class UploadCallbackHandler(_MediaHandler):
+    scope = USE_CASE_SCOPES["record_upload"]
+
     async def handle(self, workspace_id: str, body: bytes) -> Dict[str, Any]:
         outcome = await self.service.record_upload(workspace_id, wire.parse_upload_callback(body))
         if not outcome.recorded:
@@ -191,6 +202,8 @@ class UploadCallbackHandler(_MediaHandler):
 
 
 class GroupUploadCallbackHandler(_MediaHandler):
+    scope = USE_CASE_SCOPES["record_group"]
+
     async def handle(self, workspace_id: str, body: bytes) -> Dict[str, Any]:
         await self.service.record_group(workspace_id, wire.parse_group_callback(body))
         return wire.success()
