@@ -41,21 +41,24 @@ CAPABILITIES: Dict[str, Capability] = {c.name: c for c in (
 
 
 def has_capability(backend: object, name: str) -> bool:
-    """Whether ``backend`` implements the capability itself rather than keeping the default."""
+    """Whether ``backend`` (an instance, or a class before it is built) implements the
+    capability itself rather than keeping the interface's default."""
     capability = CAPABILITIES[name]
-    if not isinstance(backend, capability.interface):
+    cls = backend if isinstance(backend, type) else type(backend)
+    if not issubclass(cls, capability.interface):
         return False
     default = getattr(capability.interface, capability.method)
-    return getattr(type(backend), capability.method, default) is not default
+    return getattr(cls, capability.method, default) is not default
 
 
 def require_capability(backend: object, name: str) -> None:
     """Raise ``MissingCapability`` naming the feature and the backend when it lacks ``name``."""
     if not has_capability(backend, name):
         capability = CAPABILITIES[name]
+        cls = backend if isinstance(backend, type) else type(backend)
         raise MissingCapability(
             "", f"{capability.feature} needs {capability.interface.__name__}.{capability.method}, "
-                f"which {type(backend).__module__}.{type(backend).__qualname__} does not implement "
+                f"which {cls.__module__}.{cls.__qualname__} does not implement "
                 f"(its default {capability.without})")
 
 

@@ -49,7 +49,7 @@ REGISTRY: Dict[str, Tuple[type, Dict[str, str]]] = {
     }),
 }
 # Constructor parameters that only code can pass (live objects, not YAML values).
-_CODE_ONLY = frozenset({"executor", "client", "database"})
+_CODE_ONLY = frozenset({"executor", "client", "database", "clock"})
 
 
 @dataclasses.dataclass(frozen=True)

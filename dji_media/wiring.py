@@ -11,6 +11,7 @@ import ssl
 from typing import TYPE_CHECKING, Optional
 
 from .backends.auth import StaticTokenAuthenticator
+from .capabilities import require_capability
 from .config import Config
 from .errors import ConfigError
 from .service import MediaService
@@ -72,12 +73,17 @@ def demo_banner(config: Config, service: MediaService, port: int, scheme: str = 
 
 
 def build_service(config: Config) -> MediaService:
-    """Build every backend named in the configuration and the service that uses them."""
+    """Build every backend named in the configuration and the service that uses them.
+
+    Refuses (``MissingCapability``, naming both) a feature the configuration turns on that the
+    chosen media store cannot serve (``dji_media.capabilities``)."""
     built = []
     try:
         for backend in (config.media_store, config.object_store, config.credentials,
                         config.authenticator):
             built.append(backend.build())
+        if config.service.verify_window_seconds > 0:
+            require_capability(built[0], "confirmations")
     except Exception:
         for obj in built:  # do not leak the thread pools of what was already built
             runner = getattr(obj, "_runner", None)

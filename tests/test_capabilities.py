@@ -56,3 +56,49 @@ def test_missing_capability_names_the_feature_and_the_backend():
 
 def test_something_that_is_not_a_store_has_none():
     assert not has_capability(object(), "import")
+    assert not has_capability(object, "import")
+
+
+def test_classes_are_asked_before_they_are_built():
+    assert has_capability(PeeweeMediaStore, "import") and not has_capability(MinimalStore, "import")
+
+
+def _config_with(store_spec, verify_window, tmp_path):
+    import os
+
+    import yaml
+
+    from dji_media.config import parse_config
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf",
+                           "example.yaml"), encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle)
+    raw["media_store"] = {"backend": store_spec}
+    raw["object_store"] = {"backend": "memory"}
+    raw.setdefault("service", {})["verify_window_seconds"] = verify_window
+    return parse_config(raw, environ={})
+
+
+def test_the_wiring_refuses_a_feature_the_store_lacks(tmp_path):
+    from dji_media.wiring import build_service
+
+    with pytest.raises(MissingCapability) as refused:
+        build_service(_config_with("test_capabilities:MinimalStore", 3600, tmp_path))
+    assert "verify_window_seconds" in refused.value.message and "MinimalStore" in refused.value.message
+    # Without the feature, the same store is accepted.
+    service = build_service(_config_with("test_capabilities:MinimalStore", 0, tmp_path))
+    assert isinstance(service.media_store, MinimalStore)
+
+
+def test_import_refuses_a_store_that_cannot_insert(tmp_path, capsys):
+    import asyncio
+    import sqlite3
+
+    from dji_media.importer.command import USAGE, import_command
+
+    source = tmp_path / "old.sqlite3"
+    sqlite3.connect(source).close()
+    config = _config_with("test_capabilities:MinimalStore", 0, tmp_path)
+    status = asyncio.run(import_command(config, source_url=f"sqlite:///{source}", quiet=True))
+    assert status == USAGE
+    assert "dji-media import (moving records in) needs MediaStore.insert_missing" in capsys.readouterr().err

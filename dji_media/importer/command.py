@@ -4,7 +4,8 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-from ..errors import BadRequest, DjiMediaError, ImportFailed, SourceError
+from ..capabilities import require_capability
+from ..errors import BadRequest, DjiMediaError, ImportFailed, MissingCapability, SourceError
 from ..rules import check_workspace_id
 from .opening import open_source
 from .run import Importer
@@ -27,6 +28,13 @@ async def import_command(config, *, source_url: str, source_table: Optional[str]
         except BadRequest as exc:
             print(f"dji-media: --workspace {workspace!r}: {exc.message}", file=sys.stderr)
             return USAGE
+    try:
+        # Before the source is read: a store that cannot take imported records is a
+        # configuration error, not something to find out after counting a million rows.
+        require_capability(config.media_store.cls, "import")
+    except MissingCapability as exc:
+        print(f"dji-media: {exc.message}", file=sys.stderr)
+        return USAGE
     try:
         source = open_source(source_url, source_table)
     except SourceError as exc:
