@@ -29,8 +29,22 @@ from support import s3_options
 
 class TestMediaStores(MediaStoreContract):
     @pytest.fixture(params=["memory", "sqlite"])
-    def media_store(self, request, sqlite_url, io_loop):
-        store = InMemoryMediaStore() if request.param == "memory" else PeeweeMediaStore(url=sqlite_url)
+    def kind(self, request):
+        return request.param
+
+    @pytest.fixture
+    def media_store(self, kind, sqlite_url, io_loop):
+        store = InMemoryMediaStore() if kind == "memory" else PeeweeMediaStore(url=sqlite_url)
+        yield store
+        io_loop.run_sync(store.close)
+
+    @pytest.fixture
+    def unreachable_media_store(self, kind, io_loop):
+        if kind == "memory":
+            store = InMemoryMediaStore()
+            store.unavailable = True
+        else:  # a file in a directory that does not exist: SQLite cannot open it
+            store = PeeweeMediaStore(url="sqlite:////nonexistent-dji-media-dir/media.sqlite3")
         yield store
         io_loop.run_sync(store.close)
 

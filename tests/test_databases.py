@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from dji_media import BadRequest, DatabaseUnavailable
+from dji_media import BadRequest, DatabaseUnavailable, PeeweeMediaStore
 from dji_media.testing.contracts import MediaStoreContract, sample_file
 from dji_media.values import GroupReport, MediaFile
 
@@ -29,6 +29,15 @@ class TestDatabaseMediaStores(MediaStoreContract):
     @pytest.fixture
     def media_store(self, make_store):
         return make_store()
+
+    @pytest.fixture
+    def unreachable_media_store(self, engine, io_loop):
+        # The same engine on port 1 of loopback: nothing listens, the connection is refused.
+        url = {"postgresql": "postgresql://postgres@127.0.0.1:1/test",
+               "mysql": "mysql://root@127.0.0.1:1/test"}[engine]
+        store = PeeweeMediaStore(url=url)
+        yield store
+        io_loop.run_sync(store.close)
 
 
 @pytest.mark.gen_test

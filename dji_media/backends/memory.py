@@ -5,20 +5,27 @@ They keep everything in process memory, so they suit one process and lose all on
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from ..errors import StorageUnavailable
+from ..errors import DatabaseUnavailable, StorageUnavailable
 from ..interfaces import MediaStore, ObjectStore
 from ..values import FileGroup, GroupReport, MediaFile, MediaRecord, utc_now
 
 
 class InMemoryMediaStore(MediaStore):
     """A MediaStore in a dict. Each method completes without awaiting, so it is atomic on the
-    event loop."""
+    event loop. ``unavailable`` makes every call fail as a database outage would."""
 
     def __init__(self) -> None:
         self._records: Dict[Tuple[str, str], MediaRecord] = {}
         self._groups: Dict[Tuple[str, str], FileGroup] = {}
+        self.unavailable = False
+
+    def __getattribute__(self, name: str) -> Any:
+        # One switch for every method of the interface, as a lost database fails them all.
+        if name in _STORE_METHODS and object.__getattribute__(self, "unavailable"):
+            return _unavailable
+        return object.__getattribute__(self, name)
 
     async def get(self, workspace_id: str, fingerprint: str) -> Optional[MediaRecord]:
         return self._records.get((workspace_id, fingerprint))
@@ -116,3 +123,9 @@ class InMemoryObjectStore(ObjectStore):
 
 
 __all__ = ["InMemoryMediaStore", "InMemoryObjectStore"]
+
+async def _unavailable(*args: Any, **kwargs: Any) -> Any:
+    raise DatabaseUnavailable("the media database is unavailable (simulated)")
+
+
+_STORE_METHODS = frozenset(name for name in vars(MediaStore) if not name.startswith("_") and name != "close")

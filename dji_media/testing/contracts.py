@@ -20,7 +20,7 @@ import warnings
 
 import pytest
 
-from ..errors import Forbidden, StorageUnavailable, Unauthenticated
+from ..errors import DatabaseUnavailable, Forbidden, StorageUnavailable, Unauthenticated
 from ..values import GroupReport, MediaFile, MediaRecord
 
 
@@ -61,9 +61,10 @@ def _open_descriptors() -> int:
 
 
 class MediaStoreContract:
-    """Fixture required: ``media_store``, a fresh, empty MediaStore that has not yet been
-    used (a store connects on first use). ``close()`` may be called twice: once by a test,
-    once by the fixture."""
+    """Fixtures required: ``media_store``, a fresh, empty MediaStore that has not yet been
+    used (a store connects on first use; ``close()`` may be called twice: once by a test,
+    once by the fixture); ``unreachable_media_store``, a store of the same kind whose
+    database cannot be reached (a refused port, a path that cannot be opened)."""
 
     @pytest.mark.gen_test
     async def test_get_unknown_is_none(self, media_store):
@@ -256,8 +257,29 @@ class MediaStoreContract:
         assert await media_store.get_group("other", "g1") is None
 
     @pytest.mark.gen_test
-    async def test_ping(self, media_store):
+    async def test_ping(self, media_store, unreachable_media_store):
         await media_store.ping()
+        # The default ping does nothing: a store must prove its database answers.
+        with pytest.raises(DatabaseUnavailable):
+            await unreachable_media_store.ping()
+
+    @pytest.mark.gen_test
+    async def test_unreachable_database_is_an_error_never_an_answer(self, unreachable_media_store):
+        # "Not found" from a database that was never asked would make a device skip an upload.
+        with pytest.raises(DatabaseUnavailable):
+            await unreachable_media_store.get("ws", "F")
+        with pytest.raises(DatabaseUnavailable):
+            await unreachable_media_store.find_by_tiny_fingerprints("ws", ["t"])
+        with pytest.raises(DatabaseUnavailable):
+            await unreachable_media_store.upsert("ws", sample_file())
+
+    @pytest.mark.gen_test
+    async def test_payload_name_round_trips_and_survives_a_callback(self, media_store):
+        file = sample_file("PN", payload_name="M30 Camera")
+        assert (await media_store.upsert("ws", file)).file.payload_name == "M30 Camera"
+        # A device's callback does not carry the name: a rewrite without one keeps it.
+        again = await media_store.upsert("ws", sample_file("PN", name="again.jpg"))
+        assert again.file.payload_name == "M30 Camera" and again.file.name == "again.jpg"
 
     @pytest.mark.gen_test(timeout=60)
     async def test_close_releases_every_connection(self, media_store):
