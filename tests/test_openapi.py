@@ -15,8 +15,7 @@ import yaml
 from openapi_spec_validator import validate as validate_openapi
 
 from dji_media import BadRequest, DatabaseUnavailable, StorageUnavailable, get_handlers, rules
-from dji_media.web import wire
-from dji_media.web import DEFAULT_MAX_BODY_BYTES
+from dji_media.web import DEFAULT_MAX_BODY_BYTES, wire
 from support import TOKEN_B
 
 SPEC_FILE = pathlib.Path(__file__).resolve().parent.parent / "doc" / "openapi.yaml"

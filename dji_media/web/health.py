@@ -6,8 +6,8 @@ from typing import Any, Dict, List, Tuple
 
 import tornado.web
 
-from . import wire
 from ..service import MediaService
+from . import wire
 from .handlers import EnvelopeMixin
 
 log = logging.getLogger("dji_media.web")
