@@ -38,6 +38,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["dji_media", "dji_media.*"]),
+    # PEP 561: the annotations are checked (mypy in tox's lint environment) and shipped.
+    package_data={"dji_media": ["py.typed"]},
     python_requires=">=3.9",
     install_requires=[
         "tornado>=6.1,<7",
@@ -55,7 +57,7 @@ setup(
         "mysql": MYSQL_REQUIRES,
         # The drivers too: the suite runs the store against real PostgreSQL and MariaDB servers.
         "test": TEST_REQUIRES + POSTGRES_REQUIRES + MYSQL_REQUIRES + [TQDM],
-        "lint": ["ruff>=0.5"],
+        "lint": ["ruff>=0.5", "mypy>=1.10", "types-PyYAML"],
     },
     entry_points={"console_scripts": ["dji-media=dji_media.cli:main"]},
     classifiers=[

@@ -10,9 +10,12 @@ import asyncio
 import dataclasses
 import logging
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 from .errors import ConfigError, DjiMediaError
+
+if TYPE_CHECKING:  # imported when a command runs: --help needs no YAML parser
+    from .config import Config
 
 __all__ = ["main", "serve"]
 
@@ -27,13 +30,13 @@ def _workers(text: str) -> int:
     return value
 
 
-def _load(path: str):
+def _load(path: str) -> "Config":
     from .config import load_config
 
     return load_config(path)
 
 
-def serve(config) -> int:
+def serve(config: "Config") -> int:
     """``dji-media serve``: one process, or ``server.workers`` processes under a supervisor.
     Returns the exit status; start-up failures raise DjiMediaError."""
     if config.server.workers > 1:
@@ -49,7 +52,7 @@ def serve(config) -> int:
     return asyncio.run(one_process())
 
 
-async def _check(config) -> int:
+async def _check(config: "Config") -> int:
     """Build every backend and ask each to prove it works; one line each."""
     from .wiring import build_service, describe_database, start_embedded_s3
 
@@ -79,7 +82,7 @@ async def _check(config) -> int:
     return 1 if failures else 0
 
 
-async def _migrate(config, dry_run: bool) -> int:
+async def _migrate(config: "Config", dry_run: bool) -> int:
     """Upgrade the configured database's schema in place; one line per step."""
     from .wiring import describe_database
 

@@ -244,9 +244,10 @@ def _backend(raw: Mapping[str, Any], section: str) -> BackendSettings:
     options = value.get("options") or {}
     if not isinstance(options, dict):
         raise ConfigError(f"{section}.options", "must be a mapping")
-    params = inspect.signature(cls.__init__).parameters
+    constructor = cls.__init__  # the class's own, looked up once
+    params = inspect.signature(constructor).parameters
     try:
-        hints = typing.get_type_hints(cls.__init__)
+        hints = typing.get_type_hints(constructor)
     except Exception:  # a third-party class with annotations we cannot resolve
         hints = {}
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from typing import Any, FrozenSet, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Collection, FrozenSet, Mapping, Optional, Sequence, Tuple, Union
 
 import jwt
 
@@ -170,10 +170,10 @@ class JwtAuthenticator(Authenticator):
         self._leeway = leeway
         self._claim = workspace_claim
         self._scope_claim = scope_claim or None
-        if user_type_scopes is None:
-            user_type_scopes = DJI_USER_TYPE_SCOPES
+        table: Mapping[Any, Collection[str]] = (
+            DJI_USER_TYPE_SCOPES if user_type_scopes is None else user_type_scopes)
         self._user_types = {}
-        for user_type, scopes in user_type_scopes.items():
+        for user_type, scopes in table.items():
             if isinstance(user_type, bool) or not isinstance(user_type, (int, str)):
                 raise ValueError("user_type_scopes: each key must be a user_type value (a number or a string)")
             try:

@@ -5,6 +5,7 @@ They keep everything in process memory, so they suit one process and lose all on
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from ..errors import DatabaseUnavailable, StorageUnavailable
@@ -59,7 +60,7 @@ class InMemoryMediaStore(MediaStore):
         self._records[key] = record
         return record
 
-    async def mark_verified(self, records: Sequence[MediaRecord], when) -> None:
+    async def mark_verified(self, records: Sequence[MediaRecord], when: _dt.datetime) -> None:
         for record in records:
             key = (record.workspace_id, record.file.fingerprint)
             current = self._records.get(key)

@@ -24,7 +24,7 @@ import contextlib
 import dataclasses
 import logging
 import zlib
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Type
 
 import peewee
 from playhouse.migrate import SchemaMigrator
@@ -205,7 +205,7 @@ class SchemaVersions:
 
     def _set_version(self, version: int) -> None:
         # Exactly one row afterwards: version 1 could leave two when servers started together.
-        s = self.schema_model
+        s: Any = self.schema_model  # a model class built at run time: its columns are not declared
         with self.db.atomic():
             ids = [row[0] for row in s.select(s.id).order_by(s.id).tuples()]
             if not ids:

@@ -88,7 +88,8 @@ class _LoggingPool(urllib3.PoolManager):
     """Logs the body of a failed STS answer: minio-py reports only the status, and the
     storage's exact complaint (for example MinIO's AssumeRole 403) is what an operator needs."""
 
-    def urlopen(self, method, url, redirect=True, **kw):  # noqa: D401 - urllib3 signature
+    def urlopen(self, method: str, url: str, redirect: bool = True, **kw: Any) -> Any:  # type: ignore[override]
+        # urllib3 declares body/headers/... by name on the base; this override passes them on.
         response = super().urlopen(method, url, redirect=redirect, **kw)
         if response.status >= 400 and "Action=AssumeRole" in str(kw.get("body") or ""):
             log.error("STS AssumeRole at %s answered %s: %s", urlsplit(url).netloc,

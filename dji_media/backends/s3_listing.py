@@ -8,7 +8,7 @@ larger than the request is not read to the end, and the keys it did not reach ar
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from minio import Minio
 
@@ -42,7 +42,7 @@ def list_directory(client: Minio, bucket: str, directory: str,
     # Start just before the smallest key: "start after" its name without the last character.
     start_after: Optional[str] = low[:-1] if len(low) - 1 > len(directory) else None
     budget = SCAN_PER_KEY * len(wanted) + PAGE
-    seen = set()
+    seen: Set[str] = set()
     complete_to = high  # the listing is complete up to this name (included)
     for count, obj in enumerate(client.list_objects(bucket, prefix=directory, start_after=start_after)):
         name = obj.object_name

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from ..capabilities import require_capability
 from ..errors import BadRequest, DjiMediaError, ImportFailed, MissingCapability, SourceError
@@ -10,13 +10,16 @@ from ..rules import check_workspace_id
 from .opening import open_source
 from .run import Importer
 
+if TYPE_CHECKING:
+    from ..config import Config
+
 # Exit statuses: 0 the run completed (rejected rows included: they are reported, not fatal),
 # 1 the source could not be read or the target could not be written, 2 bad arguments.
 COMPLETED, FAILED, USAGE = 0, 1, 2
 
 
-async def import_command(config, *, source_url: str, source_table: Optional[str] = None, workspaces: Sequence[str] = (),
-                         dry_run: bool = False, quiet: bool = False) -> int:
+async def import_command(config: "Config", *, source_url: str, source_table: Optional[str] = None,
+                         workspaces: Sequence[str] = (), dry_run: bool = False, quiet: bool = False) -> int:
     try:
         from tqdm import tqdm
     except ImportError:

@@ -143,5 +143,5 @@ class DjiDemoSource(Source):
 
 def _mysql_message(exc: BaseException) -> str:
     # PyMySQL errors are (code, text); the text names the table or the server, never a password.
-    args = getattr(exc, "args", ())
+    args: tuple = getattr(exc, "args", ())
     return str(args[1]) if len(args) > 1 else str(exc)

@@ -17,6 +17,7 @@ import gc
 import os
 import uuid
 import warnings
+from typing import Any, Dict
 
 import pytest
 
@@ -24,9 +25,9 @@ from ..errors import DatabaseUnavailable, Forbidden, StorageUnavailable, Unauthe
 from ..values import GroupReport, MediaFile, MediaRecord
 
 
-def sample_file(fingerprint: str = "7F78C9F1999425CB61F10E1FE206009E", **changes) -> MediaFile:
+def sample_file(fingerprint: str = "7F78C9F1999425CB61F10E1FE206009E", **changes: Any) -> MediaFile:
     """A media file as a real upload-callback describes it."""
-    values = dict(
+    values: Dict[str, Any] = dict(
         fingerprint=fingerprint,
         object_key=f"media/ws/DJI_{fingerprint}.JPG",
         tiny_fingerprint=f"{fingerprint.lower()}_2022_8_31_15_16_16",
@@ -179,7 +180,7 @@ class MediaStoreContract:
         assert len(found) == 700 and all(r.verified_at == when for r in found)
 
     @staticmethod
-    def _imported(fingerprint: str, workspace_id: str = "ws", **changes) -> MediaRecord:
+    def _imported(fingerprint: str, workspace_id: str = "ws", **changes: Any) -> MediaRecord:
         """A record as an import brings it: its own times, revision 1, never verified."""
         return MediaRecord(
             workspace_id=workspace_id, file=sample_file(fingerprint, **changes), revision=1,

@@ -7,6 +7,7 @@ import logging
 from typing import Any, Dict, Optional
 
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 
 from ..errors import (
     BadRequest,
@@ -128,7 +129,9 @@ class _MediaHandler(EnvelopeMixin, tornado.web.RequestHandler):
             return
         # A chunked body announces no length: read it up to a hard cap, keeping only what fits
         # the limit, then answer 413 once it has ended.
-        self.request.connection.set_max_body_size(max(self.max_body_bytes * 4, 8 * 1024 * 1024))
+        connection = self.request.connection
+        assert isinstance(connection, HTTP1Connection)  # the only kind Tornado's server makes
+        connection.set_max_body_size(max(self.max_body_bytes * 4, 8 * 1024 * 1024))
 
     def data_received(self, chunk: bytes) -> None:
         if self._overflow:

@@ -100,6 +100,20 @@ def _integer(obj: Mapping[str, Any], key: str, *, field: str, required: bool = F
     return value
 
 
+def _required_string(obj: Mapping[str, Any], key: str, limit: int, *, field: str) -> str:
+    value = _string(obj, key, limit, field=field, required=True)
+    if value is None:  # cannot happen: required raised already; this tells the type checker
+        raise BadRequest(f"{field} is required", field=field)
+    return value
+
+
+def _required_integer(obj: Mapping[str, Any], key: str, *, field: str, minimum: Optional[int] = None) -> int:
+    value = _integer(obj, key, field=field, required=True, minimum=minimum)
+    if value is None:  # as above
+        raise BadRequest(f"{field} is required", field=field)
+    return value
+
+
 def _section(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     """An optional nested object; anything that is not an object counts as absent."""
     value = obj.get(key)
@@ -166,7 +180,7 @@ def parse_fast_upload(body: bytes) -> FastUploadQuery:
     obj = decode_object(body)
     ext = _section(obj, "ext")
     return FastUploadQuery(
-        fingerprint=_string(obj, "fingerprint", MAX_FINGERPRINT, field="fingerprint", required=True),
+        fingerprint=_required_string(obj, "fingerprint", MAX_FINGERPRINT, field="fingerprint"),
         tiny_fingerprint=_tiny_from_ext(ext, "ext"),
         name=_string(obj, "name", MAX_NAME, field="name"),
         path=_string(obj, "path", MAX_PATH, field="path"),
@@ -207,11 +221,11 @@ def parse_upload_callback(body: bytes) -> UploadReport:
     created_text = meta.get("created_time")
     # A missing result is taken as success: DJI's own demo never reads it, so a device that
     # leaves it out has uploaded. A present, non-zero result is a failure and is not recorded.
-    result = _integer(obj, "result", field="result", default=0)
+    result = _integer(obj, "result", field="result") or 0
     sub_file_type = _integer(obj, "sub_file_type", field="sub_file_type", minimum=0)
     media = MediaFile(
-        fingerprint=_string(obj, "fingerprint", MAX_FINGERPRINT, field="fingerprint", required=True),
-        object_key=_string(obj, "object_key", MAX_OBJECT_KEY, field="object_key", required=True),
+        fingerprint=_required_string(obj, "fingerprint", MAX_FINGERPRINT, field="fingerprint"),
+        object_key=_required_string(obj, "object_key", MAX_OBJECT_KEY, field="object_key"),
         tiny_fingerprint=_tiny_from_ext(ext, "ext"),
         name=_string(obj, "name", MAX_NAME, field="name"),
         path=_string(obj, "path", MAX_PATH, field="path"),
@@ -247,11 +261,9 @@ def _encode_raw(obj: Dict[str, Any]) -> str:
 def parse_group_callback(body: bytes) -> GroupReport:
     obj = decode_object(body)
     return GroupReport(
-        file_group_id=_string(obj, "file_group_id", MAX_SHORT_ID, field="file_group_id", required=True),
-        file_count=_integer(obj, "file_count", field="file_count", required=True, minimum=0),
-        file_uploaded_count=_integer(
-            obj, "file_uploaded_count", field="file_uploaded_count", required=True, minimum=0
-        ),
+        file_group_id=_required_string(obj, "file_group_id", MAX_SHORT_ID, field="file_group_id"),
+        file_count=_required_integer(obj, "file_count", field="file_count", minimum=0),
+        file_uploaded_count=_required_integer(obj, "file_uploaded_count", field="file_uploaded_count", minimum=0),
     )
 
 
