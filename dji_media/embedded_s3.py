@@ -228,7 +228,8 @@ class EmbeddedS3:
     @property
     def pid(self) -> Optional[int]:
         """Process id of the running server, or None."""
-        return self._process.pid if self.running else None
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
 
     @property
     def log_path(self) -> Path:
@@ -368,7 +369,8 @@ class EmbeddedS3:
             log_file.flush()
             popen_kwargs: Dict[str, Any] = {}
             if os.name == "nt":
-                popen_kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+                # getattr: the constant exists on Windows only, and the type checker runs on Linux.
+                popen_kwargs["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP")
             else:
                 # Own session and process group: a Ctrl-C in the terminal goes to the host
                 # process only, which then stops the server in order (stop() / atexit). The
