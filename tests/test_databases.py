@@ -10,7 +10,11 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import threading
+import time
+import uuid
+from urllib.parse import urlsplit, urlunsplit
 
+import peewee
 import pytest
 
 from dji_media import BadRequest, DatabaseUnavailable, PeeweeMediaStore
@@ -23,6 +27,44 @@ SQL = {
     "postgresql": ("SELECT pg_backend_pid()", "SELECT pg_sleep(30)", "SELECT pg_terminate_backend(%s)"),
     "mysql": ("SELECT CONNECTION_ID()", "SELECT SLEEP(30)", "KILL %s"),
 }
+# Per engine: the server's own list of the connections to one database, by the same ids.
+CONNECTIONS_TO = {
+    "postgresql": "SELECT pid FROM pg_stat_activity WHERE datname = %s",
+    "mysql": "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s",
+}
+
+
+async def connection_id(store, engine):
+    """The server-side id of the connection the store's next unit of work runs on."""
+    return await store.run_unit(lambda: store.db.execute_sql(SQL[engine][0]).fetchone()[0], transaction=False)
+
+
+def connections_to(admin, engine, database):
+    """The ids of the connections to ``database``, as the server lists them."""
+    return {row[0] for row in admin.execute_sql(CONNECTIONS_TO[engine], (database,)).fetchall()}
+
+
+@pytest.fixture
+def own_database(engine, database_url, admin):
+    """``(url, name)``: a database of the test's own on the server, so that the server's list
+    of the connections to it holds the store's and no one else's (the admin connection, other
+    tests and other runs on the same server use other databases). Dropped afterwards. The URL's
+    user must be allowed to create databases, as the suite's default users (postgres, root) are."""
+    name = f"dji_t{uuid.uuid4().hex[:10]}"
+    admin.execute_sql(f"CREATE DATABASE {name}")
+    yield urlunsplit(urlsplit(database_url)._replace(path=f"/{name}")), name
+    deadline = time.monotonic() + 10
+    while True:
+        if engine == "postgresql":  # which refuses to drop a database that has connections
+            admin.execute_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                              (name,))
+        try:
+            admin.execute_sql(f"DROP DATABASE IF EXISTS {name}")
+            return
+        except peewee.DatabaseError:  # a terminated backend that has not exited yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 class TestDatabaseMediaStores(MediaStoreContract):
@@ -95,36 +137,45 @@ async def test_what_one_engine_cannot_store_is_refused_on_all(make_store):
     assert await store.get_group("ws", "g\x00") is None
 
 
-@pytest.mark.gen_test
-async def test_pool_is_bounded_and_closed(make_store, admin, engine):
-    store = make_store(max_workers=3)
-    await asyncio.gather(*(store.upsert("ws", sample_file(f"F{i}")) for i in range(30)))
-    ids = SQL[engine][0]
-    seen = await asyncio.gather(*(store._run(lambda: store.db.execute_sql(ids).fetchone()[0])
-                                  for _ in range(30)))
-    assert 1 <= len(set(seen)) <= 3
-    await store.close()
-    assert store.db._in_use == {} and store.db._connections == []  # nothing left open
+@pytest.mark.gen_test(timeout=30)
+async def test_pool_is_bounded_and_closed(own_database, admin, engine):
+    url, database = own_database
+    store = PeeweeMediaStore(url=url, max_workers=3)
+    try:
+        await asyncio.gather(*(store.upsert("ws", sample_file(f"F{i}")) for i in range(30)))
+        seen = set(await asyncio.gather(*(connection_id(store, engine) for _ in range(30))))
+        assert 1 <= len(seen) <= 3  # one connection per reader thread at most
+        open_ = connections_to(admin, engine, database)
+        # The readers' connections and the writer's, all still open and idle in the pool.
+        assert seen <= open_ and len(open_) <= 3 + 1, (seen, open_)
+    finally:
+        await store.close()
+    # Nothing left open: the server sees every one of the store's connections go (each server
+    # process or thread ends a moment after its client has closed the connection).
+    deadline = time.monotonic() + 10
+    while connections_to(admin, engine, database) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert connections_to(admin, engine, database) == set()
 
 
 @pytest.mark.gen_test
 async def test_connection_killed_while_idle_is_replaced(make_store, admin, engine):
     store = make_store(max_workers=1)
     await store.upsert("ws", sample_file("F1"))
-    ids, _, kill = SQL[engine]
-    before = await store._run(lambda: store.db.execute_sql(ids).fetchone()[0])
+    _, _, kill = SQL[engine]
+    before = await connection_id(store, engine)
     admin.execute_sql(kill, (before,))  # as a server restart or an idle timeout would
     try:
         fetched = await store.get("ws", "F1")
     except DatabaseUnavailable:  # peewee 3's PostgreSQL pool does not test a connection it hands out
         fetched = await store.get("ws", "F1")
     assert fetched.file == sample_file("F1")
-    assert await store._run(lambda: store.db.execute_sql(ids).fetchone()[0]) != before
+    assert await connection_id(store, engine) != before
 
 
-@pytest.mark.gen_test(timeout=30)
+@pytest.mark.gen_test(timeout=60)
 async def test_connection_killed_midway_is_not_reused(make_store, admin, engine):
-    store = make_store(max_workers=1)
+    store = make_store(max_workers=1)  # a pool of two connections: the reader's and the writer's
     await store.ping()
     ids, sleep, kill = SQL[engine]
     started = threading.Event()
@@ -135,15 +186,34 @@ async def test_connection_killed_midway_is_not_reused(make_store, admin, engine)
         started.set()
         store.db.execute_sql(sleep)
 
-    running = asyncio.ensure_future(store._run(long_query))
+    running = asyncio.ensure_future(store.run_unit(long_query, transaction=False))
     while not started.is_set():
         await asyncio.sleep(0.01)
     admin.execute_sql(kill, (box[0],))
     with pytest.raises(DatabaseUnavailable):
         await running
-    assert store.db._connections == []  # the broken connection did not go back to the pool
-    await store.upsert("ws", sample_file("F1"))
-    assert await store._run(lambda: store.db.execute_sql(ids).fetchone()[0]) != box[0]
+
+    # The broken connection did not go back to the pool, nor keep its place there: the reader
+    # holds a connection (a working one, not the killed one) while the writer takes the pool's
+    # other. Were the killed one still counted as in use, the upsert would wait for a free
+    # connection and fail after the pool's wait (DatabaseUnavailable).
+    holding, release = [], threading.Event()
+
+    def hold():
+        holding.append(store.db.execute_sql(ids).fetchone()[0])
+        release.wait(30)
+
+    held = asyncio.ensure_future(store.run_unit(hold, transaction=False))
+    try:
+        while not holding and not held.done():
+            await asyncio.sleep(0.01)
+        await store.upsert("ws", sample_file("F1"))
+    finally:
+        release.set()
+    await held
+    assert holding[0] != box[0]
+    assert (await store.get("ws", "F1")).file == sample_file("F1")
+    assert await connection_id(store, engine) != box[0]
 
 
 @pytest.mark.gen_test
@@ -151,7 +221,7 @@ async def test_schema_on_the_server(make_store, admin, engine):
     """The column types a migration tool will meet."""
     store = make_store()
     await store.ping()
-    table = store._media._meta.table_name
+    table = store.table_names["media_file"]
     if engine == "mysql":
         rows = admin.execute_sql(
             "SELECT COLUMN_NAME, COLUMN_TYPE, COLLATION_NAME FROM information_schema.COLUMNS "
@@ -179,7 +249,7 @@ async def test_deadlock_victim_is_rerun(make_store):
     store = make_store(max_workers=2)
     for fingerprint in ("A", "B"):
         await store.upsert("ws", sample_file(fingerprint))
-    m = store._media
+    m = peewee.Table(store.table_names["media_file"], ("workspace_id", "fingerprint", "name")).bind(store.db)
     both_hold_one = threading.Barrier(2, timeout=10)
     calls = []
 
@@ -193,9 +263,8 @@ async def test_deadlock_victim_is_rerun(make_store):
             m.update(name=first).where((m.workspace_id == "ws") & (m.fingerprint == second)).execute()
         return work
 
-    # Units of work in a transaction, on two of the pool's threads (store._run would read outside one).
-    await asyncio.gather(store._runner.run(store._work, lock("A", "B")),
-                         store._runner.run(store._work, lock("B", "A")))
+    # Two units of work, each in a transaction (run_unit's default), on two of the pool's threads.
+    await asyncio.gather(store.run_unit(lock("A", "B")), store.run_unit(lock("B", "A")))
     assert len(calls) == 3  # one of them ran twice
     names = {(await store.get("ws", fp)).file.name for fp in ("A", "B")}
     assert len(names) == 1  # the rerun one wrote both rows last

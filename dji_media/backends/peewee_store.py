@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import peewee
 from playhouse.pool import (
@@ -48,6 +48,7 @@ from .peewee_schema import (  # noqa: F401 - open_database and _build_models are
 from .peewee_statements import MediaStatements
 
 log = logging.getLogger("dji_media.peewee")
+_T = TypeVar("_T")
 
 
 class PeeweeMediaStore(MediaStore):
@@ -60,6 +61,16 @@ class PeeweeMediaStore(MediaStore):
     :param max_workers: threads (and so connections) for reads; writes have one thread of their
         own. The pool for a URL holds max_workers + 1 connections.
     :param create_tables: create the schema when absent (on first use).
+
+    Public, for a host application's own use of the store's database (its own queries, grants,
+    backups, checks):
+
+    - ``db``: the peewee ``Database`` the store runs on (the one passed in, or the one built
+      from ``url``). From a coroutine, run statements on it through ``run_unit``: a connection
+      or transaction must not span an ``await`` (see the module docstring).
+    - ``table_names``: the store's tables on that database, by role.
+    - ``run_unit(fn, *args, transaction=True)``: run a blocking function as one unit of work,
+      the way the store runs its own.
     """
 
     def __init__(
@@ -220,9 +231,35 @@ class PeeweeMediaStore(MediaStore):
         except Exception:  # the connection may already be unusable
             pass
 
+    async def run_unit(self, fn: Callable[..., _T], *args: Any, transaction: bool = True) -> _T:
+        """Run ``fn(*args)``, a blocking function of yours that uses ``self.db``, as one unit of
+        work on the store's pool, and return what it returns.
+
+        It runs on one of the store's ``max_workers`` threads (or the host's ``executor``), not
+        on the writer's thread: it is not batched with the store's own writes and may run beside
+        them. Around it: a connection checked out of the pool (on SQLite, the thread's own
+        connection) and given back afterwards; with ``transaction``, one transaction, committed
+        when ``fn`` returns and rolled back when it raises. Like the store's own work: a
+        transaction the server aborts to resolve a deadlock or a serialization conflict is run
+        again (``CONFLICT_ATTEMPTS`` runs in all), so ``fn`` must be safe to rerun; any other
+        database error closes the connection (it is never reused) and raises
+        ``DatabaseUnavailable`` (on SQLite, after one more run on a fresh connection when the
+        failed one was kept from earlier); ``peewee.IntegrityError`` and errors that are not the
+        database's reach the caller unchanged. The schema is created or checked first, as
+        before the store's first unit of work. Not after ``close()``.
+        """
+        return await self._runner.run(self._work if transaction else self._read, fn, *args)
+
+    @property
+    def table_names(self) -> Dict[str, str]:
+        """The store's tables on ``db``, by role: ``{"schema": ..., "media_file": ...,
+        "file_group": ...}``, each name being ``table_prefix`` + role. A new dict on each call."""
+        return {"schema": self._schema._meta.table_name, "media_file": self._media._meta.table_name,
+                "file_group": self._group._meta.table_name}
+
     async def _run(self, fn, *args):
         """A read, on one of the pool's threads (writes go through ``_write``)."""
-        return await self._runner.run(self._read, fn, *args)
+        return await self.run_unit(fn, *args, transaction=False)
 
     async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A write, committed with whatever other writes are queued with it (see __init__)."""
