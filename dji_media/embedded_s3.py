@@ -368,9 +368,9 @@ class EmbeddedS3:
                 time.strftime("%Y-%m-%d %H:%M:%S"), " ".join(command))).encode())
             log_file.flush()
             popen_kwargs: Dict[str, Any] = {}
-            if os.name == "nt":
-                # getattr: the constant exists on Windows only, and the type checker runs on Linux.
-                popen_kwargs["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP")
+            # sys.platform, not os.name: the type checker then knows the constant is Windows-only.
+            if sys.platform == "win32":
+                popen_kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
             else:
                 # Own session and process group: a Ctrl-C in the terminal goes to the host
                 # process only, which then stops the server in order (stop() / atexit). The
