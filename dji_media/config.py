@@ -244,7 +244,7 @@ def _backend(raw: Mapping[str, Any], section: str) -> BackendSettings:
     options = value.get("options") or {}
     if not isinstance(options, dict):
         raise ConfigError(f"{section}.options", "must be a mapping")
-    constructor = cls.__init__  # the class's own, looked up once
+    constructor = cls.__init__  # type: ignore[misc]  # the class's own constructor, looked up once
     params = inspect.signature(constructor).parameters
     try:
         hints = typing.get_type_hints(constructor)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-from typing import Any, Dict, Optional, Tuple, Type
+from typing import Any, Dict, Optional, Tuple, Type, overload
 from urllib.parse import urlparse
 
 import peewee
@@ -79,6 +79,12 @@ def _describe(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {cause}"
 
 
+@overload
+def _naive_utc(value: _dt.datetime) -> _dt.datetime: ...
+@overload
+def _naive_utc(value: None) -> None: ...
+@overload
+def _naive_utc(value: Optional[_dt.datetime]) -> Optional[_dt.datetime]: ...
 def _naive_utc(value: Optional[_dt.datetime]) -> Optional[_dt.datetime]:
     # Columns hold naive UTC so every engine stores the same thing; values outside are aware.
     if value is None:

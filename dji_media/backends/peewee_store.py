@@ -11,12 +11,13 @@ The schema, opening a database from a URL and the row conversions live in ``peew
 """
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as _dt
 import logging
 import random
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar, cast
 
 import peewee
 from playhouse.pool import (
@@ -48,6 +49,8 @@ from .peewee_schema import (  # noqa: F401 - open_database and _build_models are
 from .peewee_statements import MediaStatements
 
 log = logging.getLogger("dji_media.peewee")
+
+T = TypeVar("T")
 _T = TypeVar("_T")
 
 
@@ -83,7 +86,7 @@ class PeeweeMediaStore(MediaStore):
         max_workers: int = 4,
         table_prefix: str = "dji_",
         create_tables: bool = True,
-        executor: Any = None,
+        executor: Optional[concurrent.futures.Executor] = None,
     ) -> None:
         if (url is None) == (database is None):
             raise ValueError("url: give exactly one of a database URL or a peewee database")
@@ -92,14 +95,16 @@ class PeeweeMediaStore(MediaStore):
         if synchronous.lower() not in ("off", "normal", "full", "extra"):
             raise ValueError("synchronous must be one of off, normal, full, extra")
         self.db = database if database is not None else open_database(
-            url, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous.lower(),
+            str(url), busy_timeout_ms=busy_timeout_ms, synchronous=synchronous.lower(),
             max_connections=max_workers + 1,  # the readers' threads and the writer's
         )
         self._owns_db = database is None
         # Pooled connections are checked out per unit of work (SQLite's stay with their thread:
         # a sqlite3 connection may not move between threads).
         self._pooled = isinstance(self.db, PooledDatabase) and not isinstance(self.db, peewee.SqliteDatabase)
-        self._schema, self._media, self._group = _build_models(self.db, table_prefix)
+        # Model classes built at run time for this prefix: their columns are not declared types.
+        models: Tuple[Any, ...] = _build_models(self.db, table_prefix)
+        self._schema, self._media, self._group = models
         self._create_tables = create_tables
         self._versions = SchemaVersions(self.db, (self._schema, self._media, self._group), table_prefix,
                                         self._mysql_collation)
@@ -145,17 +150,17 @@ class PeeweeMediaStore(MediaStore):
         log.warning("no NO PAD binary collation on this server; using utf8mb4_bin")
         return "utf8mb4_bin"
 
-    def _work(self, fn, *args):
+    def _work(self, fn: Callable[..., T], *args: Any) -> T:
         """One unit of work in one transaction; a database failure closes the connection."""
         return self._unit(fn, args, atomic=True)
 
-    def _read(self, fn, *args):
+    def _read(self, fn: Callable[..., T], *args: Any) -> T:
         """A unit of work that only reads, outside a transaction: each SELECT is consistent on
         its own, and none of the reads needs to agree with another. On PostgreSQL and MySQL this
         saves the BEGIN and COMMIT round trips (two of the four a point read cost)."""
         return self._unit(fn, args, atomic=False)
 
-    def _unit(self, fn, args, atomic: bool):
+    def _unit(self, fn: Callable[..., T], args: Tuple[Any, ...], atomic: bool) -> T:
         attempt = 1
         stale_retry = True
         while True:
@@ -219,7 +224,7 @@ class PeeweeMediaStore(MediaStore):
             return
         if self._pooled:
             try:
-                self.db.manual_close()  # closed, not returned: a broken connection stays out
+                cast(PooledDatabase, self.db).manual_close()  # closed, not returned: a broken one stays out
             except Exception:
                 pass
             return
@@ -274,13 +279,17 @@ class PeeweeMediaStore(MediaStore):
     # ------------------------------------------------------------------- conversion
 
     def _group_value(self, row: Any) -> FileGroup:
+        updated_at = _aware_utc(row.updated_at)
+        if updated_at is None:  # a NOT NULL column: only a database edited by hand gets here
+            raise DatabaseUnavailable("the media database holds a file group without a time")
         return FileGroup(
             workspace_id=row.workspace_id, file_group_id=row.file_group_id,
             file_count=row.file_count, file_uploaded_count=row.file_uploaded_count,
-            updated_at=_aware_utc(row.updated_at),
+            updated_at=updated_at,
         )
 
-    def _upsert_query(self, model, row: Dict[str, Any], conflict: Sequence[Any], update: Dict[Any, Any]):
+    def _upsert_query(self, model: Any, row: Dict[str, Any], conflict: Sequence[Any],
+                      update: Dict[Any, Any]) -> Any:
         query = model.insert(**row)
         if isinstance(self.db, peewee.MySQLDatabase):
             # MySQL's ON DUPLICATE KEY UPDATE takes no conflict target: any unique key counts.
@@ -441,7 +450,7 @@ class PeeweeMediaStore(MediaStore):
             by_workspace: Dict[str, List[str]] = {}
             for workspace_id, fingerprint in chunk:
                 by_workspace.setdefault(workspace_id, []).append(fingerprint)
-            found = set()
+            found: Set[Tuple[str, str]] = set()
             for workspace_id, fingerprints in by_workspace.items():
                 sql = select_head + "(" + ", ".join([param] * len(fingerprints)) + ")"
                 if latest and self.db.for_update:
@@ -521,7 +530,7 @@ class PeeweeMediaStore(MediaStore):
         self._runner.close()
         self._writer.close()
         if self._pooled and self._owns_db:
-            self.db.close_all()
+            cast(PooledDatabase, self.db).close_all()
         with self._connections_lock:
             connections, self._connections = self._connections, set()
         for connection in connections:
