@@ -15,7 +15,7 @@ from typing import Optional
 import pytest
 import yaml
 
-from dji_media.backends.peewee_schema import _build_models
+from dji_media.backends.peewee_schema import table_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -57,7 +57,8 @@ def new_table_prefix(letter: str = "t") -> str:
 
 def drop_store_tables(db, prefix: str) -> None:
     """Drop the store's tables under ``prefix`` through ``db`` (a peewee database)."""
-    db.drop_tables(_build_models(db, prefix), safe=True)
+    for name in table_names(prefix).values():
+        db.execute_sql(f"DROP TABLE IF EXISTS {db.quote[0]}{name}{db.quote[-1]}")
 
 
 def s3_options(s3, **changes):

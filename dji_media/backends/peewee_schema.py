@@ -198,6 +198,12 @@ def _storable(text: str) -> bool:
     return "\x00" not in text
 
 
+def table_names(table_prefix: str) -> Dict[str, str]:
+    """The store's tables by role (``schema``, ``media_file``, ``file_group``), in the order
+    they may be dropped: each name is ``table_prefix`` + role."""
+    return {role: f"{table_prefix}{role}" for role in ("file_group", "media_file", "schema")}
+
+
 def _build_models(db: peewee.Database, table_prefix: str) -> Tuple[Type[peewee.Model], ...]:
     """Model classes bound to this store's database, so several stores can coexist.
 
@@ -220,7 +226,7 @@ def _build_models(db: peewee.Database, table_prefix: str) -> Tuple[Type[peewee.M
         version = peewee.IntegerField()
 
         class Meta:
-            table_name = f"{table_prefix}schema"
+            table_name = table_names(table_prefix)["schema"]
 
     class MediaRow(Base):
         # Upserts that hit an existing row still consume an id on PostgreSQL and MySQL.
@@ -255,7 +261,7 @@ def _build_models(db: peewee.Database, table_prefix: str) -> Tuple[Type[peewee.M
         payload_name = peewee.CharField(max_length=128, null=True)
 
         class Meta:
-            table_name = f"{table_prefix}media_file"
+            table_name = table_names(table_prefix)["media_file"]
             indexes = (
                 (("workspace_id", "fingerprint"), True),
                 (("workspace_id", "tiny_fingerprint"), False),
@@ -274,7 +280,7 @@ def _build_models(db: peewee.Database, table_prefix: str) -> Tuple[Type[peewee.M
         updated_at = DateTimeField()  # UTC
 
         class Meta:
-            table_name = f"{table_prefix}file_group"
+            table_name = table_names(table_prefix)["file_group"]
             indexes = ((("workspace_id", "file_group_id"), True),)
 
     return SchemaInfo, MediaRow, GroupRow
