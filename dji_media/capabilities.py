@@ -10,12 +10,12 @@ rather than on the first request that needs it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from .errors import MissingCapability
-from .interfaces import MediaStore
+from .interfaces import MediaStore, ObjectStore
 
-__all__ = ["Capability", "CAPABILITIES", "has_capability", "require_capability", "capabilities_of"]
+__all__ = ["Capability", "CAPABILITIES", "FEATURES", "has_capability", "require_capability", "capabilities_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +37,23 @@ CAPABILITIES: Dict[str, Capability] = {c.name: c for c in (
                "forgets every confirmation, so every request asks storage again"),
     Capability("migrations", MediaStore, "migrate", "dji-media migrate",
                "has no versioned schema to upgrade"),
+    # The storage sweep (dji_media.sweep) needs every one of these; "sweep" names the set.
+    Capability("sweep_records", MediaStore, "records_by_object_key", "the storage sweep (sweep.enabled)",
+               "cannot read records in object-key order"),
+    Capability("sweep_confirm", MediaStore, "confirm", "the storage sweep (sweep.enabled)",
+               "cannot record confirmations with their ETag and size"),
+    Capability("sweep_workspaces", MediaStore, "workspaces", "the storage sweep (sweep.enabled)",
+               "cannot list the workspaces that hold records"),
+    Capability("leases", MediaStore, "acquire_lease", "the storage sweep (sweep.enabled)",
+               "has no lease, so the sweep could not run once per deployment"),
+    Capability("listing", ObjectStore, "list_page", "the storage sweep (sweep.enabled)",
+               "cannot list the bucket"),
 )}
+
+# The capabilities a feature needs, by feature.
+FEATURES: Dict[str, Tuple[str, ...]] = {
+    "sweep": ("sweep_records", "sweep_confirm", "sweep_workspaces", "leases", "listing"),
+}
 
 
 def has_capability(backend: object, name: str) -> bool:

@@ -11,10 +11,20 @@ import abc
 import asyncio
 import datetime as _dt
 import logging
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import StorageUnavailable
-from .values import FileGroup, GroupReport, Identity, MediaFile, MediaRecord, SchemaMigration, StorageGrant
+from .values import (
+    FileGroup,
+    GroupReport,
+    Identity,
+    ListingPage,
+    MediaFile,
+    MediaRecord,
+    ObjectInfo,
+    SchemaMigration,
+    StorageGrant,
+)
 
 log = logging.getLogger("dji_media.storage")
 
@@ -51,7 +61,13 @@ class MediaStore(_Closable, abc.ABC):
 
         Idempotent and safe under concurrency: any number of calls for the same key leave
         exactly one record, holding the last call's file, with a higher revision and
-        ``verified_at`` cleared.
+        ``verified_at``, ``etag`` and ``size`` cleared.
+
+        One object key, one record: a record of the same workspace that holds the same
+        ``object_key`` under another fingerprint is removed in the same transaction (the object's
+        bytes were overwritten by this file). A store of an older release that does not do this
+        still works: the storage sweep finds the overwritten object's new ETag or size and
+        removes the older record then.
         """
 
     @abc.abstractmethod
@@ -92,6 +108,67 @@ class MediaStore(_Closable, abc.ABC):
 
     async def ping(self) -> None:
         """Prove the database can be read and written; raise ``DatabaseUnavailable`` if not."""
+
+    # ------------------------------------------------- optional: storage truth (the sweep)
+    # Defaults raise NotImplementedError (capability "sweep" in dji_media.capabilities), except
+    # tiny_fingerprint_confirmations, which has a working default.
+
+    async def tiny_fingerprint_confirmations(
+        self, workspace_id: str, tiny_fingerprints: Sequence[str]
+    ) -> Dict[str, Optional[_dt.datetime]]:
+        """For each of the tiny fingerprints the workspace holds: the latest ``verified_at``
+        among its records (None: none of them confirmed since its last write). Absent keys are
+        not held. The hot path of tiny-fingerprints: a store should read only these columns and
+        build no record. The default derives it from ``find_by_tiny_fingerprints``."""
+        found: Dict[str, Optional[_dt.datetime]] = {}
+        for record in await self.find_by_tiny_fingerprints(workspace_id, tiny_fingerprints):
+            tiny = record.file.tiny_fingerprint
+            if tiny is None:
+                continue
+            best = found.get(tiny)
+            if record.verified_at is not None and (best is None or record.verified_at > best):
+                found[tiny] = record.verified_at
+            else:
+                found.setdefault(tiny, None)
+        return found
+
+    async def workspaces(self) -> List[str]:
+        """Every workspace id that holds at least one record, sorted."""
+        raise NotImplementedError(f"{type(self).__name__} does not list workspaces (storage sweep)")
+
+    async def records_by_object_key(self, workspace_id: str, after: Optional[str], upto: Optional[str],
+                                    limit: int) -> List[MediaRecord]:
+        """The workspace's records whose object key is > ``after`` (None: from the first) and
+        <= ``upto`` (None: to the last), in object-key order (byte order of UTF-8, as S3 lists
+        keys), at most ``limit``. One indexed range query."""
+        raise NotImplementedError(f"{type(self).__name__} does not read records by object key (storage sweep)")
+
+    async def confirm(self, confirmations: Sequence[Tuple[MediaRecord, ObjectInfo]], when: _dt.datetime) -> None:
+        """Storage confirmed each record's object at ``when``: set ``verified_at``, and
+        ``etag``/``size`` from the object where the record has none yet (the first
+        confirmation records them; later ones never overwrite them). Only rows still at the
+        record's revision are touched."""
+        raise NotImplementedError(f"{type(self).__name__} does not record confirmations (storage sweep)")
+
+    async def acquire_lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Take or extend the lease ``name`` for ``holder`` until now + ``seconds``; True if
+        ``holder`` holds it afterwards. A lease held by another holder and not yet expired is
+        not taken. Shared by every process that uses the same database: this is how a
+        periodic task runs once per deployment."""
+        raise NotImplementedError(f"{type(self).__name__} has no leases (storage sweep)")
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up if ``holder`` holds it (another holder's lease is left alone)."""
+        raise NotImplementedError(f"{type(self).__name__} has no leases (storage sweep)")
+
+    async def load_task_state(self, name: str) -> Optional[str]:
+        """The text a task saved under ``name`` (its progress, its last report), or None."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no task state (storage sweep)")
+
+    async def save_task_state(self, name: str, holder: str, state: str) -> bool:
+        """Save ``state`` under ``name`` if ``holder`` holds the lease ``name``; return whether
+        it was saved (False: the lease was lost, and the caller must stop)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no task state (storage sweep)")
 
     async def migrate(self, dry_run: bool = False,
                       progress: Optional[Callable[[str], None]] = None) -> SchemaMigration:
@@ -149,6 +226,20 @@ class ObjectStore(_Closable, abc.ABC):
 
     async def ping(self) -> None:
         """Prove the bucket can be reached; raise ``StorageUnavailable`` if not."""
+
+    async def stat(self, object_key: str) -> Optional[ObjectInfo]:
+        """The object's ETag and size (a HEAD), or None if storage says definitely not (404);
+        anything else raises ``StorageUnavailable``, as ``exists`` does. The default asks
+        ``exists`` and knows neither ETag nor size."""
+        return ObjectInfo(object_key) if await self.exists(object_key) else None
+
+    async def list_page(self, prefix: str, start_after: Optional[str], limit: int = 1000) -> ListingPage:
+        """One page of the keys under ``prefix`` (a folder: it ends with "/"), in key order,
+        after ``start_after`` (exclusive; None: from the start), at most ``limit``. One
+        storage request per page. Raises ``StorageUnavailable`` when the page cannot be read:
+        a listing that failed says nothing about the keys it did not return. Optional
+        (capability "sweep"): the default raises NotImplementedError."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list objects (storage sweep)")
 
 
 # Credentials handed out must have at least this long to live, so a device can finish an upload.

@@ -107,6 +107,31 @@ class MediaRecord:
     created_at: _dt.datetime
     updated_at: _dt.datetime
     verified_at: Optional[_dt.datetime] = None
+    # What storage reported for the object when it first confirmed it (a HEAD or the sweep's
+    # listing): a later ETag or size that differs means the bytes were overwritten. None until
+    # then, and again after a rewrite of the record.
+    etag: Optional[str] = None
+    size: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectInfo:
+    """One object as storage describes it: its key, ETag (without quotes; for a multipart
+    upload it is not an MD5) and size in bytes. ``etag``/``size`` are None where a store
+    cannot tell."""
+
+    key: str
+    etag: Optional[str] = None
+    size: Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ListingPage:
+    """One page of a listing in key order. ``next_start_after`` is where the next page starts
+    (exclusive); None when this page ends the listing."""
+
+    objects: Tuple[ObjectInfo, ...]
+    next_start_after: Optional[str]
 
 
 @dataclasses.dataclass(frozen=True)
