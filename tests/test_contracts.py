@@ -60,6 +60,16 @@ class TestMinioObjectStore(ObjectStoreContract):
         return MinioObjectStore(endpoint="http://127.0.0.1:1", access_key="k", secret_key="s",
                                 bucket="media", timeout=1.0, retries=0)
 
+    # SeaweedFS (4.48, the suite's server) walks folders: it lists "m/x.jpg" before "m 1/y.jpg"
+    # and "m.jpg", against S3's byte order. MinioObjectStore refuses such a page
+    # (StorageUnavailable) rather than hand the sweep keys out of order; strict, so a SeaweedFS
+    # that lists as S3 does turns this into a failure to remove.
+    @pytest.mark.xfail(strict=True, raises=StorageUnavailable,
+                       reason="SeaweedFS lists folders before longer sibling names (not S3's byte order)")
+    @pytest.mark.gen_test
+    async def test_list_page_orders_a_folder_after_longer_names(self, object_store, put_object):
+        await ObjectStoreContract.test_list_page_orders_a_folder_after_longer_names(self, object_store, put_object)
+
 
 class TestInMemoryObjectStore(ObjectStoreContract):
     @pytest.fixture

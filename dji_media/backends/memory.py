@@ -4,13 +4,15 @@ They keep everything in process memory, so they suit one process and lose all on
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as _dt
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+import hashlib
+from typing import Any, Counter, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from ..errors import DatabaseUnavailable, StorageUnavailable
 from ..interfaces import MediaStore, ObjectStore
-from ..values import FileGroup, GroupReport, MediaFile, MediaRecord, utc_now
+from ..values import FileGroup, GroupReport, ListingPage, MediaFile, MediaRecord, ObjectInfo, utc_now
 
 
 class InMemoryMediaStore(MediaStore):
@@ -99,28 +101,69 @@ class InMemoryMediaStore(MediaStore):
 
 
 class InMemoryObjectStore(ObjectStore):
-    """A bucket as a set of keys. ``unavailable`` makes every call fail as an outage would."""
+    """A bucket in memory. ``keys`` is the set of keys present; tests may change it directly
+    too (a key added that way reads as if ``put`` with the default data). ``put`` records each
+    object's ETag and size as S3 does for a single PUT (MD5 hex, length of the bytes).
+
+    ``calls`` counts every ``exists``, ``stat`` and ``list_page``; ``calls_by_kind`` counts
+    them by kind ("exists", "stat", "list"), so a test can assert "no listing" or "at most N
+    HEADs". ``unavailable`` makes every call fail as an outage would.
+    """
 
     def __init__(self, keys: Iterable[str] = ()) -> None:
         self.keys: Set[str] = set(keys)
+        # ETag and size by key; a key of ``keys`` missing here holds the default data.
+        self._described: Dict[str, Tuple[str, int]] = {}
         self.unavailable = False
         self.calls = 0
+        self.calls_by_kind: Counter[str] = collections.Counter()
 
-    def put(self, key: str) -> None:
+    def put(self, key: str, data: bytes = b"photo", *, etag: Optional[str] = None) -> None:
+        """Store (or overwrite) the object. ``etag`` replaces the MD5, e.g. to stand for a
+        multipart upload's ETag ("<hex>-<parts>")."""
         self.keys.add(key)
+        self._described[key] = (etag or hashlib.md5(data).hexdigest(), len(data))
 
     def remove(self, key: str) -> None:
         self.keys.discard(key)
+        self._described.pop(key, None)
 
-    async def exists(self, object_key: str) -> bool:
+    def _info(self, key: str) -> ObjectInfo:
+        etag, size = self._described.get(key) or (_DEFAULT_ETAG, len(_DEFAULT_DATA))
+        return ObjectInfo(key, etag=etag, size=size)
+
+    def _call(self, kind: str) -> None:
         self.calls += 1
+        self.calls_by_kind[kind] += 1
         if self.unavailable:
             raise StorageUnavailable("storage is unreachable (simulated)")
+
+    async def exists(self, object_key: str) -> bool:
+        self._call("exists")
         return object_key in self.keys
+
+    async def stat(self, object_key: str) -> Optional[ObjectInfo]:
+        self._call("stat")
+        return self._info(object_key) if object_key in self.keys else None
+
+    async def list_page(self, prefix: str, start_after: Optional[str], limit: int = 1000) -> ListingPage:
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        self._call("list")
+        # S3 lists in the byte order of UTF-8 keys.
+        after = start_after.encode("utf-8") if start_after else b""
+        following = sorted((k for k in self.keys if k.startswith(prefix) and k.encode("utf-8") > after),
+                           key=lambda k: k.encode("utf-8"))
+        page = tuple(self._info(k) for k in following[:limit])
+        return ListingPage(page, page[-1].key if len(following) > limit else None)
 
     async def ping(self) -> None:
         if self.unavailable:
             raise StorageUnavailable("storage is unreachable (simulated)")
+
+
+_DEFAULT_DATA = b"photo"
+_DEFAULT_ETAG = hashlib.md5(_DEFAULT_DATA).hexdigest()
 
 
 __all__ = ["InMemoryMediaStore", "InMemoryObjectStore"]

@@ -1,4 +1,5 @@
-"""Object storage backends on minio-py: object checks (HEAD, listings) and STS AssumeRole credentials.
+"""Object storage backends on minio-py: object checks (HEAD), listing pages for the storage
+sweep, and STS AssumeRole credentials.
 
 Only standard S3 and STS calls are used, so the same code serves MinIO, AWS S3 and SeaweedFS.
 minio-py is synchronous; every call runs in a bounded thread pool. What another vendor's
@@ -9,24 +10,25 @@ urllib3's exceptions are translated in one place per backend: ``storage_errors``
 """
 from __future__ import annotations
 
-import asyncio
+import collections
 import contextlib
 import datetime as _dt
 import logging
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+import threading
+from typing import Any, Callable, Counter, Dict, Iterator, Optional, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
 from minio.credentials import AssumeRoleProvider
+from minio.datatypes import parse_list_objects
 from minio.error import S3Error
 
 from ..errors import StorageUnavailable
 from ..interfaces import MIN_CREDENTIAL_SECONDS, CredentialProvider, ObjectStore
-from ..values import StorageGrant, UploadCredentials, utc_now
+from ..values import ListingPage, ObjectInfo, StorageGrant, UploadCredentials, utc_now
 from ._blocking import BlockingRunner
 from .credentials import CachingCredentialProvider, Clock, iam_upload_policy
-from .s3_listing import group_by_directory, list_directory
 from .storage_paths import check_prefix_template, check_provider, render_prefix, split_endpoint
 
 log = logging.getLogger("dji_media.s3")
@@ -34,6 +36,7 @@ log = logging.getLogger("dji_media.s3")
 # A HEAD answered with one of these says the object is not there (once the bucket is known).
 _GONE_CODES = ("NoSuchKey", "NotFound", "ResourceNotFound")
 _STS_FAILED = "storage credentials could not be issued: STS is unreachable or refused the request"
+_T = TypeVar("_T")
 
 
 @contextlib.contextmanager
@@ -74,6 +77,29 @@ def _is_absent(exc: S3Error) -> bool:
     return exc.code in _GONE_CODES
 
 
+def _check_order(prefix: str, start_after: Optional[str], objects: Sequence[ObjectInfo]) -> None:
+    """Refuses a page that is not in S3's key order (UTF-8 bytes, each key after the one
+    before, the first after ``start_after``) or names a key outside ``prefix``.
+
+    Whoever reads pages relies on that order to tell which keys a page covers: a key missing
+    from the range a page spans is taken for gone. Some servers walk folders instead: SeaweedFS
+    lists ``m/x.jpg`` before ``m.jpg`` and ``m 1/y.jpg`` (where S3 puts "/" after " ", "-" and
+    "."), and continues after a key in its own order. Such a page, read as S3's, would make
+    those keys look gone; failing is what "storage could not say" means here. Checking each key
+    against the one before (the page's first against ``start_after``) finds every inversion,
+    inside a page or where two pages meet.
+    """
+    previous = start_after.encode("utf-8") if start_after else b""
+    for info in objects:
+        current = info.key.encode("utf-8")
+        if current <= previous or not info.key.startswith(prefix):
+            log.error("storage listed %r after %r under %r: not S3's key order (UTF-8 bytes); a "
+                      "listing in another order cannot be used", info.key, previous.decode("utf-8"),
+                      prefix)
+            raise StorageUnavailable("storage listed keys out of S3 key order")
+        previous = current
+
+
 def http_client(*, timeout: float, retries: int) -> urllib3.PoolManager:
     """A pool with bounded timeouts: an outage must answer in seconds, not hang a request."""
     return _LoggingPool(
@@ -98,11 +124,18 @@ class _LoggingPool(urllib3.PoolManager):
 
 
 class MinioObjectStore(ObjectStore):
-    """Checks objects with S3 HEAD in one bucket.
+    """Checks objects with S3 HEAD in one bucket, and reads the bucket one listing page at a
+    time for the storage sweep (``list_page``). Requests never list: a listing's cost grows
+    with the folder, a HEAD's does not.
 
     A 404 for the object is "gone" only once the bucket itself is confirmed to exist: a HEAD in
     a missing bucket also answers 404, and taking that for "every file is gone" would wipe the
     metadata of a whole fleet after a configuration slip.
+
+    ``requests`` counts the storage requests sent so far by S3 operation (``HeadObject``,
+    ``HeadBucket``, ``ListObjectsV2``), for tests and diagnostics: "a tiny-fingerprints request
+    of 100 made no listing and at most 100 HEADs" is asserted on it. A request is counted once
+    when it is sent, whatever its outcome; the HTTP retries of ``retries`` are not counted again.
     """
 
     def __init__(
@@ -134,19 +167,58 @@ class MinioObjectStore(ObjectStore):
             http_client=http_client(timeout=timeout, retries=retries),
         )
         self._runner = BlockingRunner(executor=executor, max_workers=max_workers, name="dji-s3")
-        self._warned_list_denied = False
+        self.requests: Counter[str] = collections.Counter()
+        # Requests are sent from the worker threads: without the lock two counts could become one.
+        self._requests_lock = threading.Lock()
 
-    def _head(self, object_key: str) -> bool:
+    def _request(self, kind: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Sends one storage request (in the worker thread), counted in ``requests``."""
+        with self._requests_lock:
+            self.requests[kind] += 1
+        return fn(*args, **kwargs)
+
+    def _stat(self, object_key: str) -> Optional[ObjectInfo]:
         try:
-            self._client.stat_object(self.bucket, object_key)
-            return True
+            found = self._request("HeadObject", self._client.stat_object, self.bucket, object_key)
         except S3Error as exc:
             if not _is_absent(exc):
                 raise
+        else:
+            # minio-py has already taken the quotes off the ETag; an answer without one gives "".
+            return ObjectInfo(object_key, etag=found.etag or None, size=found.size)
         # A HEAD in a missing bucket answers 404 too: only an existing bucket makes it "absent".
-        if not self._client.bucket_exists(self.bucket):
+        self._check_bucket()
+        return None
+
+    def _check_bucket(self) -> None:
+        if not self._request("HeadBucket", self._client.bucket_exists, self.bucket):
             raise StorageUnavailable(f"bucket {self.bucket!r} does not exist")
-        return False
+
+    def _list_page(self, prefix: str, start_after: Optional[str], limit: int) -> ListingPage:
+        # Exactly one ListObjectsV2 request. minio-py's list_objects cannot send it: it always
+        # asks for 1,000 keys and, a generator following continuation tokens, sends further
+        # requests as it is read. So the request goes through the client's own _execute
+        # (signing, region, error answers as S3Error) and minio-py's parse_list_objects reads
+        # it. Delimiter and prefix are sent even when empty, as list_objects does: a bucket
+        # policy with conditions on them is evaluated only then. No delimiter: every key under
+        # the prefix, mission folders included. encoding-type=url keeps any key legal in XML.
+        query: Dict[str, Any] = {
+            "list-type": "2", "prefix": prefix, "delimiter": "", "max-keys": str(limit),
+            "encoding-type": "url",
+        }
+        if start_after:
+            query["start-after"] = start_after
+        response = self._request("ListObjectsV2", self._client._execute, "GET", self.bucket,
+                                 query_params=query)
+        found, truncated, _, _ = parse_list_objects(response)
+        objects = tuple(ObjectInfo(o.object_name, etag=o.etag or None, size=o.size)
+                        for o in found if o.object_name is not None)
+        if truncated and not objects:
+            # Nothing to continue after: reporting the end would let the sweep take every
+            # later key for gone.
+            raise StorageUnavailable("storage answered an empty listing page that is not the last")
+        _check_order(prefix, start_after, objects)
+        return ListingPage(objects, objects[-1].key if truncated else None)
 
     @staticmethod
     def _guarded(fn, *args):
@@ -155,53 +227,23 @@ class MinioObjectStore(ObjectStore):
             return fn(*args)
 
     async def exists(self, object_key: str) -> bool:
-        return await self._runner.run(self._guarded, self._head, object_key)
+        return await self._runner.run(self._guarded, self._stat, object_key) is not None
 
-    async def exists_many(self, object_keys: Sequence[str], *, concurrency: int = 16) -> Dict[str, bool]:
-        """Keys that share a directory are answered by listing it (see ``s3_listing``), the
-        others by HEAD. A 500-key tiny-fingerprints check costs a few listings, not 500 HEADs."""
-        listed, single = group_by_directory(list(dict.fromkeys(object_keys)))
-        answers: Dict[str, bool] = {}
-        failures: List[StorageUnavailable] = []
+    async def stat(self, object_key: str) -> Optional[ObjectInfo]:
+        """HEAD: the object's ETag (without quotes) and size, None for a definite 404 in an
+        existing bucket, ``StorageUnavailable`` otherwise."""
+        return await self._runner.run(self._guarded, self._stat, object_key)
 
-        async def listing(directory: str, members: List[str]) -> List[str]:
-            try:
-                found, rest = await self._runner.run(self._guarded, self._list, directory, members)
-            except StorageUnavailable as exc:
-                failures.append(exc)
-                return []
-            answers.update(found)
-            return rest
-
-        rests = await asyncio.gather(*(listing(d, m) for d, m in listed.items()))
-        if failures:  # storage is not answering: the HEADs would only wait for it too
-            log.warning("storage could not list %d director(ies) (%s); %d key(s) left unknown",
-                        len(failures), failures[0].message, len(object_keys) - len(answers))
-            return answers
-        heads = single + [key for rest in rests for key in rest]
-        if heads:
-            answers.update(await super().exists_many(heads, concurrency=concurrency))
-        return answers
-
-    def _list(self, directory: str, keys: List[str]) -> Tuple[Dict[str, bool], List[str]]:
-        try:
-            return list_directory(self._client, self.bucket, directory, keys)
-        except S3Error as exc:
-            if exc.code != "AccessDenied":
-                raise
-            # An identity allowed to HEAD but not to list: still correct, one HEAD per key.
-            if not self._warned_list_denied:
-                self._warned_list_denied = True
-                log.warning("storage refused to list %r (AccessDenied); checking objects one by one. "
-                            "Grant s3:ListBucket on the bucket to this server's identity.", directory)
-            return {}, keys
+    async def list_page(self, prefix: str, start_after: Optional[str], limit: int = 1000) -> ListingPage:
+        """One ListObjectsV2 request (max-keys ``limit``, start-after ``start_after``, no
+        delimiter). S3 answers at most 1,000 keys per request whatever ``limit`` says, and
+        ``next_start_after`` is set whenever storage says more keys follow."""
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        return await self._runner.run(self._guarded, self._list_page, prefix, start_after, limit)
 
     async def ping(self) -> None:
-        def check() -> None:
-            if not self._client.bucket_exists(self.bucket):
-                raise StorageUnavailable(f"bucket {self.bucket!r} does not exist")
-
-        await self._runner.run(self._guarded, check)
+        await self._runner.run(self._guarded, self._check_bucket)
 
     async def close(self) -> None:
         self._runner.close()

@@ -21,6 +21,7 @@ from typing import Any, Dict
 
 import pytest
 
+from ..capabilities import has_capability
 from ..errors import DatabaseUnavailable, Forbidden, StorageUnavailable, Unauthenticated
 from ..values import GroupReport, MediaFile, MediaRecord
 
@@ -310,9 +311,11 @@ class MediaStoreContract:
 
 
 class ObjectStoreContract:
-    """Fixtures required: ``object_store``; ``put_object(key)`` and ``remove_object(key)``,
-    callables that change the bucket behind the store's back; ``unreachable_object_store``,
-    a store of the same kind whose storage cannot be reached."""
+    """Fixtures required: ``object_store``; ``put_object(key, data=b"photo")`` (writes or
+    overwrites the object) and ``remove_object(key)``, callables that change the bucket behind
+    the store's back; ``unreachable_object_store``, a store of the same kind whose storage
+    cannot be reached. The ``list_page`` tests skip for a store without it (capability
+    "listing")."""
 
     @pytest.mark.gen_test
     async def test_present_and_gone(self, object_store, put_object, remove_object):
@@ -348,6 +351,130 @@ class ObjectStoreContract:
     @pytest.mark.gen_test
     async def test_ping(self, object_store):
         await object_store.ping()
+
+    # ---- stat and list_page: what the storage sweep asks
+
+    @pytest.mark.gen_test
+    async def test_stat_present_overwritten_and_gone(self, object_store, put_object, remove_object):
+        key = f"media/ws/{uuid.uuid4().hex}.jpg"
+        assert await object_store.stat(key) is None
+        put_object(key, b"first photo")
+        first = await object_store.stat(key)
+        assert first is not None and first.key == key
+        assert first.size in (None, len(b"first photo"))  # None: the store cannot tell
+        assert first.etag is None or (first.etag and '"' not in first.etag)
+        put_object(key, b"the second, longer photo")
+        second = await object_store.stat(key)
+        assert second is not None and second.size in (None, len(b"the second, longer photo"))
+        if first.etag is not None:  # other bytes, another ETag: how the sweep sees an overwrite
+            assert second.etag != first.etag
+        remove_object(key)
+        assert await object_store.stat(key) is None
+
+    @pytest.mark.gen_test
+    async def test_stat_and_list_page_unreachable_are_errors(self, unreachable_object_store):
+        with pytest.raises(StorageUnavailable):
+            await unreachable_object_store.stat("media/ws/any.jpg")
+        if has_capability(unreachable_object_store, "listing"):
+            with pytest.raises(StorageUnavailable):
+                await unreachable_object_store.list_page("media/ws/", None, 10)
+
+    @pytest.fixture
+    def listed_folder(self, object_store, put_object):
+        """(prefix, its keys in UTF-8 byte order): mixed case, non-ASCII and mission folders,
+        beside neighbour folders whose names share the prefix's text but not its folder."""
+        if not has_capability(object_store, "listing"):
+            pytest.skip(f"{type(object_store).__name__} has no list_page (capability 'listing')")
+        prefix = f"media/ws-{uuid.uuid4().hex[:8]}/"
+        keys = [prefix + name for name in _LISTED_NAMES]
+        for key in keys:
+            put_object(key, key.encode("utf-8"))  # every object's own bytes and size
+        # "-" sorts before "/" and "0" after it: one neighbour on each side of the folder.
+        for neighbour in (prefix[:-1] + "-other/A.JPG", prefix[:-1] + "0/A.JPG", prefix[:-1] + ".jpg"):
+            put_object(neighbour)
+        return prefix, sorted(keys, key=lambda k: k.encode("utf-8"))
+
+    @pytest.mark.gen_test
+    async def test_list_page_pages_through_every_key_in_byte_order(self, object_store, listed_folder):
+        prefix, expected = listed_folder
+        seen, after, pages = [], None, 0
+        while True:
+            page = await object_store.list_page(prefix, after, limit=5)
+            pages += 1
+            assert 0 < len(page.objects) <= 5
+            for info in page.objects:
+                assert info.size in (None, len(info.key.encode("utf-8")))
+            seen += [info.key for info in page.objects]
+            if page.next_start_after is None:
+                break
+            assert page.next_start_after == page.objects[-1].key
+            after = page.next_start_after
+            assert pages < 2 * len(expected), "the listing does not end"
+        assert seen == expected  # no neighbour, nothing twice, nothing left out
+        assert pages == -(-len(expected) // 5)
+
+    @pytest.mark.gen_test
+    async def test_list_page_start_after_is_exclusive_and_the_end_says_none(self, object_store,
+                                                                             listed_folder):
+        prefix, expected = listed_folder
+        page = await object_store.list_page(prefix, expected[3], limit=100)
+        assert [info.key for info in page.objects] == expected[4:]
+        assert page.next_start_after is None
+        # A start_after that is no key: the keys after it.
+        page = await object_store.list_page(prefix, prefix + "b", limit=100)
+        assert [info.key for info in page.objects] == [
+            k for k in expected if k.encode("utf-8") > (prefix + "b").encode("utf-8")]
+        # Exactly the keys left: the page ends the listing.
+        page = await object_store.list_page(prefix, None, limit=len(expected))
+        assert [info.key for info in page.objects] == expected
+        assert page.next_start_after is None
+        page = await object_store.list_page(prefix, expected[-1], limit=10)
+        assert page.objects == () and page.next_start_after is None
+        empty = await object_store.list_page(f"media/ws-{uuid.uuid4().hex[:8]}/", None, limit=10)
+        assert empty.objects == () and empty.next_start_after is None
+
+    @pytest.mark.gen_test
+    async def test_list_page_orders_a_folder_after_longer_names(self, object_store, put_object):
+        """Byte order even where a folder's name is the start of a sibling's ("m/" after
+        "m 1/", "m-2/" and "m.jpg"), over pages of every size. A store that cannot list in
+        this order must raise StorageUnavailable, never return such a page."""
+        if not has_capability(object_store, "listing"):
+            pytest.skip(f"{type(object_store).__name__} has no list_page (capability 'listing')")
+        prefix = f"media/ws-{uuid.uuid4().hex[:8]}/"
+        for name in _FOLDER_ORDER_NAMES:
+            put_object(prefix + name)
+        expected = [prefix + name for name in _FOLDER_ORDER_NAMES]  # already in byte order
+        for limit in range(1, len(expected) + 1):
+            seen, after = [], None
+            while True:
+                page = await object_store.list_page(prefix, after, limit=limit)
+                seen += [info.key for info in page.objects]
+                after = page.next_start_after
+                if after is None or len(seen) > len(expected):
+                    break
+            assert seen == expected, f"limit {limit}: {seen}"
+
+    @pytest.mark.gen_test
+    async def test_list_page_and_stat_agree(self, object_store, listed_folder):
+        prefix, expected = listed_folder
+        page = await object_store.list_page(prefix, None, limit=100)
+        for listed in page.objects[:3]:
+            stated = await object_store.stat(listed.key)
+            assert stated is not None
+            if listed.etag is not None and stated.etag is not None:
+                assert listed.etag == stated.etag  # the sweep compares one with the other
+            if listed.size is not None and stated.size is not None:
+                assert listed.size == stated.size
+
+
+# Object names of the listing tests: S3's byte order of UTF-8 is not the order of lower-cased
+# names nor of a locale ("Z" before "a", "é" after "z"), and mission folders are listed too.
+_LISTED_NAMES = ["A.JPG", "Z.jpg", "a.jpg", "a_1.jpg", "a~.jpg", "b.MP4", "z.jpg", "é.jpg", "ü-2.jpg",
+                 "中.jpg", "DJI_0001.JPG", "DJI_0010.JPG", "sp ace.jpg", "mission_1/DJI_0002.JPG",
+                 "mission/中文.jpg"]
+# A folder beside names that extend its name with a character below "/": S3 lists the folder's
+# keys after them, a server that walks folders lists them first.
+_FOLDER_ORDER_NAMES = ["m 1/y.jpg", "m-2/z.jpg", "m.jpg", "m/x.jpg", "m/y/z.jpg", "m0.jpg"]
 
 
 class CredentialProviderContract:
