@@ -90,8 +90,10 @@ def test_the_wiring_refuses_a_feature_the_store_lacks(tmp_path):
     assert isinstance(service.media_store, MinimalStore)
 
 
-def test_import_refuses_a_store_that_cannot_insert(tmp_path, capsys):
-    import asyncio
+@pytest.mark.gen_test
+async def test_import_refuses_a_store_that_cannot_insert(tmp_path, capsys):
+    # On the test's own loop: asyncio.run would leave the loop pytest-tornado made current
+    # unreferenced, and its garbage collection fails a later test with a ResourceWarning.
     import sqlite3
 
     from dji_media.importer.command import USAGE, import_command
@@ -99,6 +101,6 @@ def test_import_refuses_a_store_that_cannot_insert(tmp_path, capsys):
     source = tmp_path / "old.sqlite3"
     sqlite3.connect(source).close()
     config = _config_with("test_capabilities:MinimalStore", 0, tmp_path)
-    status = asyncio.run(import_command(config, source_url=f"sqlite:///{source}", quiet=True))
+    status = await import_command(config, source_url=f"sqlite:///{source}", quiet=True)
     assert status == USAGE
     assert "dji-media import (moving records in) needs MediaStore.insert_missing" in capsys.readouterr().err
