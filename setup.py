@@ -27,6 +27,8 @@ TEST_REQUIRES = [
 # The progress bar of `dji-media import` (see doc/dependencies.md for the range).
 TQDM = "tqdm>=4.62,<5"
 
+# The MQTT transport for DJI Docks (dji_media.mqtt): asyncio-native, on paho-mqtt 2.
+MQTT_REQUIRES = ["aiomqtt>=2.3,<3"]
 POSTGRES_REQUIRES = ["psycopg2-binary>=2.9,<3"]
 MYSQL_REQUIRES = ["PyMySQL>=1.0,<2"]
 
@@ -55,9 +57,13 @@ setup(
         # Database drivers for postgresql:// and mysql:// URLs (psycopg2-binary: no compiler needed).
         "postgres": POSTGRES_REQUIRES,
         "mysql": MYSQL_REQUIRES,
-        # The drivers too: the suite runs the store against real PostgreSQL and MariaDB servers.
-        "test": TEST_REQUIRES + POSTGRES_REQUIRES + MYSQL_REQUIRES + [TQDM],
-        "lint": ["ruff>=0.5", "mypy>=1.10", "types-PyYAML"],
+        # DJI Docks over MQTT.
+        "mqtt": MQTT_REQUIRES,
+        # The drivers too: the suite runs the store against real PostgreSQL and MariaDB servers,
+        # and the MQTT transport against a real broker.
+        "test": TEST_REQUIRES + POSTGRES_REQUIRES + MYSQL_REQUIRES + MQTT_REQUIRES + [TQDM],
+        # aiomqtt too: mypy checks dji_media.mqtt against its annotations.
+        "lint": ["ruff>=0.5", "mypy>=1.10", "types-PyYAML"] + MQTT_REQUIRES,
     },
     entry_points={"console_scripts": ["dji-media=dji_media.cli:main"]},
     classifiers=[
