@@ -26,6 +26,8 @@ TEST_REQUIRES = [
 
 # The progress bar of `dji-media import` (see doc/dependencies.md for the range).
 TQDM = "tqdm>=4.62,<5"
+# The JPEGs of `dji-media simulate-pilot` (10.1: ImageFont.load_default(size=); doc/dependencies.md).
+PILLOW = "Pillow>=10.1,<14"
 
 # The MQTT transport for DJI Docks (dji_media.mqtt): asyncio-native, on paho-mqtt 2.
 MQTT_REQUIRES = ["aiomqtt>=2.3,<3"]
@@ -57,11 +59,13 @@ setup(
         # Database drivers for postgresql:// and mysql:// URLs (psycopg2-binary: no compiler needed).
         "postgres": POSTGRES_REQUIRES,
         "mysql": MYSQL_REQUIRES,
+        # Generated photos for the Pilot 2 simulator (`dji-media simulate-pilot`, doc/simulator.md).
+        "simulator": [PILLOW],
         # DJI Docks over MQTT.
         "mqtt": MQTT_REQUIRES,
         # The drivers too: the suite runs the store against real PostgreSQL and MariaDB servers,
         # and the MQTT transport against a real broker.
-        "test": TEST_REQUIRES + POSTGRES_REQUIRES + MYSQL_REQUIRES + MQTT_REQUIRES + [TQDM],
+        "test": TEST_REQUIRES + POSTGRES_REQUIRES + MYSQL_REQUIRES + MQTT_REQUIRES + [TQDM, PILLOW],
         # aiomqtt too: mypy checks dji_media.mqtt against its annotations.
         "lint": ["ruff>=0.5", "mypy>=1.10", "types-PyYAML"] + MQTT_REQUIRES,
     },
