@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as _dt
 import logging
 import types
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .access import UPLOAD, authorize, identify_with
+from .capabilities import has_capability
 from .errors import BadRequest, StorageUnavailable, Unavailable
 from .interfaces import MIN_CREDENTIAL_SECONDS, Authenticator, CredentialProvider, MediaStore, ObjectStore
 from .rules import (
@@ -32,6 +34,7 @@ from .values import (
     GroupReport,
     Identity,
     MediaRecord,
+    ObjectInfo,
     StorageGrant,
     UploadReport,
     utc_now,
@@ -41,6 +44,25 @@ from .values import (
 __all__ = ["MediaService", "CallbackOutcome", "USE_CASE_SCOPES", "check_object_key_form"]
 
 log = logging.getLogger("dji_media.service")
+
+# How far ahead of this machine's clock a confirmation's time may be and still count (another
+# server, or the sweep on another machine, stamped it).
+CLOCK_SKEW_SECONDS = 60.0
+
+
+def overwritten(record: MediaRecord, info: ObjectInfo) -> bool:
+    """Whether storage describes the record's object with another ETag or size than the one
+    recorded when it was first confirmed: other bytes now live under the key. Unknown on
+    either side is not a difference."""
+    return ((record.etag is not None and info.etag is not None and record.etag != info.etag)
+            or (record.size is not None and info.size is not None and record.size != info.size))
+
+
+def learns_something(record: MediaRecord, info: ObjectInfo) -> bool:
+    """Whether confirming the record would record an ETag or size it lacks: the first
+    confirmation's are what a later overwrite is told apart by."""
+    return ((record.etag is None and info.etag is not None)
+            or (record.size is None and info.size is not None))
 
 # What each use case requires: the one table of authorisation (doc/security.md shows it per
 # endpoint). A transport looks its use case up here and passes the scope to ``authenticate``.
@@ -68,13 +90,20 @@ class MediaService:
     :param expire_margin: seconds subtracted from the credentials' remaining lifetime when
         telling a device how long they last, so it never starts an upload on credentials about
         to lapse (DJI's demo uses 300).
-    :param verify_concurrency: how many storage checks one tiny-fingerprints request may run
-        at once.
+    :param verify_concurrency: how many storage checks (HEADs) one request may run at once.
     :param enforce_key_prefix: refuse upload-callbacks whose object key is outside the
         workspace's prefix (see doc/configuration.md for when to turn it off).
-    :param verify_window: seconds during which a storage confirmation is trusted without asking
-        again (0: ask every time). Trade-off: an object deleted behind our back inside the
-        window is still reported present, so the device does not upload it again.
+    :param verify_window: seconds during which a storage confirmation (by a HEAD of a request,
+        or by the storage sweep, ``dji_media.sweep``) is trusted without asking again (0: ask
+        every time). Trade-off: an object deleted behind our back is still reported present
+        until the sweep finds it gone or, without a sweep, until its confirmation is older than
+        the window. 0 keeps this class's behaviour of earlier releases; the configuration's
+        default is 3600 with the sweep on (doc/configuration.md).
+    :param max_checks_per_request: how many records one request may check with a HEAD (those
+        never confirmed, or confirmed longer ago than the window). The other unconfirmed ones
+        are answered "unknown" (the device asks fast-upload or uploads again; nothing is lost),
+        so a request's storage cost has a bound whatever the request or the workspace.
+    :param clock: the current time (aware UTC); injectable so tests can age confirmations.
     """
 
     def __init__(
@@ -88,6 +117,8 @@ class MediaService:
         verify_concurrency: int = 16,
         enforce_key_prefix: bool = True,
         verify_window: float = 0.0,
+        max_checks_per_request: int = 32,
+        clock: Callable[[], _dt.datetime] = utc_now,
     ) -> None:
         if not 0 <= expire_margin <= MIN_CREDENTIAL_SECONDS - 300:
             raise ValueError(f"expire_margin must be between 0 and {MIN_CREDENTIAL_SECONDS - 300}")
@@ -95,6 +126,8 @@ class MediaService:
             raise ValueError("verify_concurrency must be >= 1")
         if verify_window < 0:
             raise ValueError("verify_window must be >= 0")
+        if max_checks_per_request < 1:
+            raise ValueError("max_checks_per_request must be >= 1")
         self.media_store = media_store
         self.object_store = object_store
         self.credentials = credentials
@@ -105,6 +138,11 @@ class MediaService:
         self.verify_concurrency = verify_concurrency
         self.enforce_key_prefix = enforce_key_prefix
         self.verify_window = verify_window
+        self.max_checks_per_request = max_checks_per_request
+        self.clock = clock
+        # Decided once too: a store of an older release records confirmations without their
+        # ETag and size (mark_verified), or not at all (its default).
+        self._can_confirm = has_capability(media_store, "sweep_confirm")
 
     # -------------------------------------------------------------------------- access
 
@@ -125,50 +163,38 @@ class MediaService:
     # ----------------------------------------------------------------------- use cases
 
     async def fast_upload(self, workspace_id: str, query: FastUploadQuery) -> bool:
-        """True if the workspace holds the file and its object is really in the bucket."""
+        """True if the workspace holds the file and its object is really in the bucket: its
+        record was confirmed within the window, or a HEAD confirms it now."""
         check_workspace_id(workspace_id)
         check_fingerprint(query.fingerprint)
         record = await self.media_store.get(workspace_id, query.fingerprint)
         if record is None:
             return False
-        present, fresh = await self._verify(record)
-        if fresh:
-            await self._remember([record])
-        return present
+        if self._recently_verified(record.verified_at):
+            return True
+        return bool(await self._verify([record]))
 
     async def existing_tiny_fingerprints(
         self, workspace_id: str, tiny_fingerprints: Sequence[str]
     ) -> List[str]:
-        """The distinct tiny fingerprints the workspace holds, in request order."""
+        """The distinct tiny fingerprints the workspace holds, in request order.
+
+        Answered from the database: a tiny fingerprint whose record was confirmed within the
+        window is known without asking storage, and only its confirmation time is read (no
+        record is built). The others are checked with a HEAD, at most
+        ``max_checks_per_request`` records, in request order; the rest are answered "unknown".
+        Never a listing: the cost does not grow with the workspace (protocol.md section 4).
+        """
         check_workspace_id(workspace_id)
         check_tiny_fingerprints(tiny_fingerprints)
         wanted = list(dict.fromkeys(tiny_fingerprints))
         if not wanted:
             return []
-        records = await self.media_store.find_by_tiny_fingerprints(workspace_id, wanted)
-        # Records confirmed within the window need no storage check and no task of their own.
-        present = {r.file.tiny_fingerprint for r in records if self._recently_verified(r)}
-        records = [r for r in records if r.file.tiny_fingerprint not in present]
-        # Keys storage cannot answer are left out: "unknown", so the device uploads again and
-        # the record is kept. After a first failure the rest are not asked (one timeout, not
-        # one per file).
-        answers = await self.object_store.exists_many([r.file.object_key for r in records],
-                                                      concurrency=self.verify_concurrency)
-        confirmed = [r for r in records if answers.get(r.file.object_key)]
-        gone = [r for r in records if answers.get(r.file.object_key) is False]
-        unknown = len(records) - len(confirmed) - len(gone)
-        if unknown:
-            log.warning("storage could not confirm %d of %d object(s); answering unknown, records kept",
-                        unknown, len(records))
-        limit = asyncio.Semaphore(self.verify_concurrency)
-
-        async def forget(record: MediaRecord) -> None:
-            async with limit:
-                await self._forget_stale(record)
-
-        await asyncio.gather(*(forget(r) for r in gone))
-        await self._remember(confirmed)
-        present.update(r.file.tiny_fingerprint for r in confirmed)
+        confirmations = await self.media_store.tiny_fingerprint_confirmations(workspace_id, wanted)
+        present = {t for t, when in confirmations.items() if self._recently_verified(when)}
+        unconfirmed = [t for t in wanted if t in confirmations and t not in present]
+        if unconfirmed:
+            present.update(await self._check_tinies(workspace_id, unconfirmed))
         return [t for t in wanted if t in present]
 
     async def issue_credentials(self, workspace_id: str) -> Tuple[StorageGrant, int]:
@@ -220,48 +246,121 @@ class MediaService:
 
     # ------------------------------------------------------------------------- helpers
 
-    async def _verify(self, record: MediaRecord) -> Tuple[bool, bool]:
-        """Whether the record's object is in storage (protocol.md section 4), and whether that
-        was freshly confirmed by storage (and so is worth remembering).
+    async def _check_tinies(self, workspace_id: str, tinies: List[str]) -> List[str]:
+        """Which of these unconfirmed tiny fingerprints storage confirms now, checking the
+        records of the first ones (request order) up to ``max_checks_per_request``."""
+        # Each tiny fingerprint holds at least one record: records of more than the first
+        # max_checks_per_request of them could not be checked anyway, so they are not read.
+        candidates = tinies[:self.max_checks_per_request]
+        records = await self.media_store.find_by_tiny_fingerprints(workspace_id, candidates)
+        by_tiny: Dict[str, List[MediaRecord]] = {}
+        for record in records:
+            if record.file.tiny_fingerprint is not None:
+                by_tiny.setdefault(record.file.tiny_fingerprint, []).append(record)
+        chosen: List[MediaRecord] = []
+        checked = 0
+        for tiny in candidates:
+            held = by_tiny.get(tiny, [])
+            if len(chosen) + len(held) > self.max_checks_per_request:
+                break
+            chosen.extend(held)
+            checked += 1
+        if checked < len(tinies):
+            # Once per request, with the count: the device asks fast-upload (one HEAD) or
+            # uploads these again; nothing is lost. Many of these mean the storage sweep is off
+            # or behind (doc/operations.md).
+            log.info("%d of %d unconfirmed tiny fingerprint(s) of %s answered unknown without a storage "
+                     "check (max_checks_per_request=%d)", len(tinies) - checked, len(tinies),
+                     workspace_id, self.max_checks_per_request)
+        confirmed = await self._verify(chosen)
+        return list(dict.fromkeys(r.file.tiny_fingerprint for r in confirmed if r.file.tiny_fingerprint))
 
-        Confirmed within the verification window: present, without asking. Gone (404): the row
-        is stale, so it is removed and the device uploads again. Storage unreachable: answer
-        "unknown" so the device uploads again, and touch nothing.
+    async def _verify(self, records: Sequence[MediaRecord]) -> List[MediaRecord]:
+        """HEAD each record's object (at most ``verify_concurrency`` at once) and return those
+        storage confirms (protocol.md section 4).
+
+        Confirmed: remembered (with the object's ETag and size the first time). Gone (404), or
+        another ETag or size than the one recorded at the first confirmation (the object was
+        overwritten by other bytes): the record is stale and is removed unless it was rewritten
+        meanwhile; the device uploads again. Storage unreachable: "unknown", the record is left
+        as it was, and the checks not yet started are skipped (one timeout, not one per file).
         """
-        if self._recently_verified(record):
-            return True, False
-        try:
-            present = await self.object_store.exists(record.file.object_key)
-        except StorageUnavailable as exc:
-            log.warning("storage could not confirm %r (%s); answering unknown, record kept",
-                        record.file.object_key, exc.message)
-            return False, False
-        if not present:
-            await self._forget_stale(record)
-        return present, present
+        if not records:
+            return []
+        limit = asyncio.Semaphore(self.verify_concurrency)
+        failed: List[str] = []
+        answers: Dict[str, Optional[ObjectInfo]] = {}
 
-    async def _forget_stale(self, record: MediaRecord) -> None:
-        """Storage said 404: the row is stale, unless it was rewritten since it was read."""
+        async def head(key: str) -> None:
+            async with limit:
+                if failed:
+                    return
+                try:
+                    answers[key] = await self.object_store.stat(key)
+                except StorageUnavailable as exc:
+                    failed.append(exc.message)
+
+        await asyncio.gather(*(head(k) for k in dict.fromkeys(r.file.object_key for r in records)))
+        if failed:
+            unknown = sum(1 for r in records if r.file.object_key not in answers)
+            log.warning("storage could not confirm %d of %d object(s) (%s); answering unknown, records kept",
+                        unknown, len(records), failed[0])
+        confirmed: List[Tuple[MediaRecord, ObjectInfo]] = []
+        stale: List[Tuple[MediaRecord, str]] = []
+        for record in records:
+            key = record.file.object_key
+            if key not in answers:
+                continue
+            info = answers[key]
+            if info is None:
+                stale.append((record, "is gone from storage"))
+            elif overwritten(record, info):
+                stale.append((record, "was overwritten by other bytes"))
+            else:
+                confirmed.append((record, info))
+
+        async def forget(record: MediaRecord, why: str) -> None:
+            async with limit:
+                await self._forget_stale(record, why)
+
+        await asyncio.gather(*(forget(r, why) for r, why in stale))
+        await self._remember(confirmed)
+        return [r for r, _ in confirmed]
+
+    async def _forget_stale(self, record: MediaRecord, why: str) -> None:
+        """Storage said the record's object is not its file any more: the row is stale, unless
+        it was rewritten since it was read (the revision check of ``forget``)."""
         removed = await self.media_store.forget(record)
         # %r: client-supplied strings are logged escaped, so they cannot forge log lines.
-        log.info("object %r is gone from storage; stale record of %s/%r %s",
-                 record.file.object_key, record.workspace_id, record.file.fingerprint,
+        log.info("object %r %s; stale record of %s/%r %s",
+                 record.file.object_key, why, record.workspace_id, record.file.fingerprint,
                  "removed" if removed else "was rewritten meanwhile and kept")
 
-    def _recently_verified(self, record: MediaRecord) -> bool:
-        if not self.verify_window or record.verified_at is None:
+    def _recently_verified(self, verified_at: Optional[_dt.datetime]) -> bool:
+        if not self.verify_window or verified_at is None:
             return False
-        age = (utc_now() - record.verified_at).total_seconds()
-        return 0 <= age < self.verify_window
+        age = (self.clock() - verified_at).total_seconds()
+        # A confirmation stamped by another machine whose clock runs a little ahead is still
+        # one; one far in the future is a broken clock and is not trusted.
+        return -CLOCK_SKEW_SECONDS <= age < self.verify_window
 
-    async def _remember(self, confirmed: List[MediaRecord]) -> None:
-        """Store the confirmations when a window is in use; a failure only costs a re-check."""
-        if not self.verify_window or not confirmed:
+    async def _remember(self, confirmed: Sequence[Tuple[MediaRecord, ObjectInfo]]) -> None:
+        """Store the confirmations: their time when a window is in use, and each object's ETag
+        and size the first time (they reveal a later overwrite). A failure only costs a re-check."""
+        if self._can_confirm:
+            wanted = [(r, info) for r, info in confirmed
+                      if self.verify_window or learns_something(r, info)]
+        else:  # a store of an older release: the time only
+            wanted = list(confirmed) if self.verify_window else []
+        if not wanted:
             return
         try:
-            await self.media_store.mark_verified(confirmed, utc_now())
+            if self._can_confirm:
+                await self.media_store.confirm(wanted, self.clock())
+            else:
+                await self.media_store.mark_verified([r for r, _ in wanted], self.clock())
         except Unavailable as exc:
-            log.warning("could not record %d storage confirmation(s): %s", len(confirmed), exc.message)
+            log.warning("could not record %d storage confirmation(s): %s", len(wanted), exc.message)
 
     def _check_object_key(self, workspace_id: str, key: str) -> None:
         # A key outside the workspace's prefix would let one workspace claim another's objects.

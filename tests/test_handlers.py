@@ -164,6 +164,23 @@ async def test_tiny_fingerprints_leave_out_gone_and_unverifiable(call, objects, 
 
 
 @pytest.mark.gen_test
+async def test_tiny_fingerprints_check_a_bounded_number_of_unconfirmed_files(call, objects, service):
+    # Nothing confirmed yet (this service has no window): a request HEADs the first
+    # max_checks_per_request files and answers the rest unknown, never listing the folder.
+    tinies = [f"{i:032x}_2022_8_31_15_16_{i}" for i in range(40)]
+    for i, tiny in enumerate(tinies):
+        key = f"media/ws-a/f{i}.jpg"
+        objects.put(key)
+        await call(f"{MEDIA}/upload-callback", callback_body(fingerprint=f"FP{i}", tiny=tiny, key=key))
+    status, env = await call(f"{MEDIA}/files/tiny-fingerprints", {"tiny_fingerprints": tinies})
+    assert (status, env["data"]) == (200, {"tiny_fingerprints": tinies[:service.max_checks_per_request]})
+    assert objects.calls_by_kind == {"stat": service.max_checks_per_request}
+    # For one answered unknown, the device asks fast-upload, which checks that one file.
+    status, env = await call(f"{MEDIA}/fast-upload", {"fingerprint": "FP39"})
+    assert (status, env["code"]) == (200, 0)
+
+
+@pytest.mark.gen_test
 async def test_tiny_fingerprints_validation(call):
     for body, field in (({}, "tiny_fingerprints"), ({"tiny_fingerprints": "abc"}, "tiny_fingerprints"),
                         ({"tiny_fingerprints": [1, 2]}, "tiny_fingerprints[0]")):

@@ -1,7 +1,9 @@
-"""Service rules that need no HTTP: the verification window and its trade-off, and who may
-do what (authentication, then authorisation by scope)."""
+"""Service rules that need no HTTP: answering from the database within the verification
+window and its trade-off, the bounded storage checks of a request, stale records (gone or
+overwritten), and who may do what (authentication, then authorisation by scope)."""
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 
 import pytest
@@ -14,6 +16,7 @@ from dji_media import (
     InMemoryMediaStore,
     InMemoryObjectStore,
     MediaService,
+    MediaStore,
     StaticCredentialProvider,
     StaticTokenAuthenticator,
     Unauthenticated,
@@ -21,17 +24,17 @@ from dji_media import (
 from dji_media.access import ALL_SCOPES, DELETE, DEVICES, READ, UPLOAD
 from dji_media.service import USE_CASE_SCOPES
 from dji_media.testing.contracts import sample_file
-from dji_media.values import FastUploadQuery
+from dji_media.values import FastUploadQuery, UploadReport, utc_now
 
 
-def make(window=0, authenticator=None):
-    store, objects = InMemoryMediaStore(), InMemoryObjectStore()
+def make(window=0, authenticator=None, store=None, **options):
+    store, objects = store or InMemoryMediaStore(), InMemoryObjectStore()
     service = MediaService(
         media_store=store, object_store=objects,
         credentials=StaticCredentialProvider(endpoint="http://s3:9000", access_key="a", secret_key="b",
                                              bucket="media"),
         authenticator=authenticator or StaticTokenAuthenticator(tokens={"token-1234": ["ws"]}),
-        verify_window=window)
+        verify_window=window, **options)
     return service, store, objects
 
 
@@ -62,7 +65,9 @@ async def test_window_zero_always_asks_storage():
     for _ in range(3):
         assert await service.fast_upload("ws", FastUploadQuery("F1")) is True
     assert objects.calls == 3
-    assert (await store.get("ws", "F1")).verified_at is None  # nothing stored without a window
+    # The first confirmation records the object's ETag and size (a later overwrite shows in
+    # them); the time is never read without a window.
+    assert (await store.get("ws", "F1")).size == len(b"photo")
 
 
 @pytest.mark.gen_test
@@ -74,6 +79,137 @@ async def test_unreachable_storage_is_not_remembered():
     objects.unavailable = True
     assert await service.fast_upload("ws", FastUploadQuery("F1")) is False
     assert (await store.get("ws", "F1")).verified_at is None
+
+
+def tinies_of(n, prefix="t"):
+    return [f"{i:032x}_{prefix}_{i}" for i in range(n)]
+
+
+async def recorded(store, objects, n, *, stored=True):
+    """n records of the workspace "ws" (object keys media/ws/f<i>.jpg), their objects in the bucket."""
+    for i, tiny in enumerate(tinies_of(n)):
+        file = sample_file(f"FP{i}", object_key=f"media/ws/f{i}.jpg", tiny_fingerprint=tiny)
+        await store.upsert("ws", file)
+        if stored:
+            objects.put(file.object_key)
+    return tinies_of(n)
+
+
+class CountingReads(InMemoryMediaStore):
+    """Counts the full records the service reads itself, apart from the slim confirmation
+    lookup (whose default here happens to derive from them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.record_reads = 0
+        self.asked = []  # the tiny fingerprints whose full records the service read
+        self._slim = False
+
+    async def find_by_tiny_fingerprints(self, workspace_id, tiny_fingerprints):
+        if not self._slim:
+            self.record_reads += 1
+            self.asked.extend(tiny_fingerprints)
+        return await super().find_by_tiny_fingerprints(workspace_id, tiny_fingerprints)
+
+    async def tiny_fingerprint_confirmations(self, workspace_id, tiny_fingerprints):
+        self._slim = True
+        try:
+            return await super().tiny_fingerprint_confirmations(workspace_id, tiny_fingerprints)
+        finally:
+            self._slim = False
+
+
+@pytest.mark.gen_test
+async def test_a_request_heads_at_most_max_checks_records_and_answers_the_rest_unknown(caplog):
+    service, store, objects = make(window=3600, max_checks_per_request=32, store=CountingReads())
+    tinies = await recorded(store, objects, 100)
+    with caplog.at_level(logging.INFO, logger="dji_media.service"):
+        known = await service.existing_tiny_fingerprints("ws", tinies)
+    assert known == tinies[:32]  # the first ones, in request order
+    assert objects.calls_by_kind == {"stat": 32}  # no listing, whatever the folder holds
+    assert store.asked == tinies[:32]  # full records only of those it checks
+    assert [r.getMessage() for r in caplog.records if "without a storage check" in r.getMessage()] == [
+        "68 of 100 unconfirmed tiny fingerprint(s) of ws answered unknown without a storage check "
+        "(max_checks_per_request=32)"]
+    # Confirmed ones are answered from the database: each request checks the next 32.
+    assert await service.existing_tiny_fingerprints("ws", tinies) == tinies[:64]
+    assert objects.calls_by_kind == {"stat": 64}
+
+
+@pytest.mark.gen_test
+async def test_confirmed_tiny_fingerprints_are_answered_without_reading_records():
+    service, store, objects = make(window=3600, store=CountingReads())
+    tinies = await recorded(store, objects, 10)
+    assert await service.existing_tiny_fingerprints("ws", tinies) == tinies
+    assert store.record_reads == 1  # the unconfirmed ones, to HEAD them
+    assert await service.existing_tiny_fingerprints("ws", tinies + ["unknown_1"]) == tinies
+    assert store.record_reads == 1 and objects.calls_by_kind == {"stat": 10}
+
+
+@pytest.mark.gen_test
+async def test_a_confirmation_older_than_the_window_is_checked_again():
+    now = [utc_now()]
+    service, store, objects = make(window=3600, clock=lambda: now[0])
+    [tiny] = await recorded(store, objects, 1)
+    assert await service.existing_tiny_fingerprints("ws", [tiny]) == [tiny]
+    now[0] += _dt.timedelta(seconds=3599)
+    objects.remove("media/ws/f0.jpg")
+    assert await service.existing_tiny_fingerprints("ws", [tiny]) == [tiny]  # inside the window
+    now[0] += _dt.timedelta(seconds=1)  # the sweep stopped: the confirmation lapses
+    assert await service.existing_tiny_fingerprints("ws", [tiny]) == []
+    assert await store.get("ws", "FP0") is None  # gone: the stale record is removed
+    assert objects.calls_by_kind == {"stat": 2}
+
+
+@pytest.mark.gen_test
+async def test_an_object_overwritten_since_its_first_confirmation_is_stale(caplog):
+    now = [utc_now()]
+    service, store, objects = make(window=3600, clock=lambda: now[0])
+    file = sample_file("F1", object_key="media/ws/a.jpg")
+    await store.upsert("ws", file)
+    objects.put(file.object_key, b"the photo")
+    assert await service.fast_upload("ws", FastUploadQuery("F1")) is True
+    first = await store.get("ws", "F1")
+    assert first.size == len(b"the photo") and first.etag
+    objects.put(file.object_key, b"another file's bytes")
+    now[0] += _dt.timedelta(seconds=3600)
+    with caplog.at_level(logging.INFO, logger="dji_media.service"):
+        assert await service.fast_upload("ws", FastUploadQuery("F1")) is False
+    assert await store.get("ws", "F1") is None
+    assert "'media/ws/a.jpg' was overwritten by other bytes; stale record of ws/'F1' removed" in caplog.text
+
+
+@pytest.mark.gen_test
+async def test_a_store_without_confirm_has_its_confirmations_marked_as_before():
+    class OlderStore(InMemoryMediaStore):
+        """A store of an older release: mark_verified, no confirm."""
+
+    OlderStore.confirm = MediaStore.confirm  # the interface's default: not implemented
+    marked = []
+
+    class Marking(OlderStore):
+        async def mark_verified(self, records, when):
+            marked.extend(r.file.fingerprint for r in records)
+            await super().mark_verified(records, when)
+
+    service, store, objects = make(window=3600, store=Marking())
+    await recorded(store, objects, 2)
+    assert await service.fast_upload("ws", FastUploadQuery("FP0")) is True
+    assert await service.fast_upload("ws", FastUploadQuery("FP0")) is True
+    assert marked == ["FP0"] and objects.calls_by_kind == {"stat": 1}
+
+
+@pytest.mark.gen_test
+async def test_two_callbacks_with_one_object_key_leave_the_last_record():
+    service, store, objects = make(window=3600)
+    key = "media/ws/DJI_0001.JPG"
+    for fingerprint in ("FIRST", "SECOND"):
+        await service.record_upload("ws", UploadReport(result=0, file=sample_file(fingerprint, object_key=key)))
+    assert await store.get("ws", "FIRST") is None
+    assert (await store.get("ws", "SECOND")).file.object_key == key
+    objects.put(key)
+    assert await service.fast_upload("ws", FastUploadQuery("FIRST")) is False
+    assert await service.fast_upload("ws", FastUploadQuery("SECOND")) is True
 
 
 # ------------------------------------------------------------------------------- access
