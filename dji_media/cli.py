@@ -1,4 +1,4 @@
-"""The ``dji-media`` command: ``serve``, ``check``, ``import`` and ``migrate``.
+"""The ``dji-media`` command: ``serve``, ``check``, ``import``, ``migrate`` and ``sweep``.
 
 ``serve`` chooses between one process (``dji_media.runtime``) and the worker supervisor
 (``dji_media.workers``, whose workers each run the runtime): the choice lives here, above both.
@@ -115,6 +115,64 @@ async def _migrate(config: "Config", dry_run: bool) -> int:
             await store.close()
 
 
+async def _sweep(config: "Config", wait: bool) -> int:
+    """One pass of the storage sweep by hand (doc/operations.md): takes the lease, resumes an
+    unfinished pass or starts one, prints a summary. 0 when the pass finished; 1 when another
+    process holds the lease (without ``wait``), or the pass failed or was interrupted."""
+    from .sweep import BUSY, FINISHED, make_holder_id
+    from .wiring import build_service, build_sweep, describe_database, start_embedded_s3
+
+    service = build_service(config)
+    embedded = None
+    try:
+        sweep = build_sweep(config, service, holder_id=make_holder_id("cli"), force=True)
+        assert sweep is not None
+        try:
+            await service.object_store.ping()
+        except DjiMediaError:
+            # The embedded S3 server is usually the running server's; start it only when nobody serves it.
+            embedded = await asyncio.get_running_loop().run_in_executor(None, start_embedded_s3, config)
+            if embedded is None:
+                raise
+        for name, probe in (("database", service.media_store.ping), ("storage", service.object_store.ping)):
+            try:
+                await probe()
+            except DjiMediaError as exc:
+                print(f"dji-media: sweep: {name}: {exc.message}", file=sys.stderr)
+                return 1
+        print(f"sweeping {describe_database(config) or config.media_store.cls.__name__} against "
+              f"{config.object_store.cls.__name__} (holder {sweep.holder_id})", flush=True)
+        report = await sweep.run_once()
+        told = False
+        while report.outcome == BUSY and wait:
+            if not told:
+                print("another process holds the sweep's lease; waiting for it", flush=True)
+                told = True
+            await asyncio.sleep(min(sweep.lease_seconds / 3, 5.0))
+            report = await sweep.run_once()
+        if report.outcome == BUSY:
+            print("dji-media: sweep: another process holds the sweep's lease (a server is sweeping); "
+                  "try again later or pass --wait", file=sys.stderr)
+            return 1
+        print(f"{'resumed pass' if report.resumed else 'pass'} {report.outcome}"
+              + (f": {report.problem}" if report.problem else ""))
+        for label, value in (
+            ("workspaces", report.workspaces), ("objects listed", report.objects_listed),
+            ("records present", report.present), ("records changed (removed)", report.changed),
+            ("records gone (removed)", report.gone), ("records rewritten meanwhile (kept)", report.kept),
+            ("objects left (unrecorded)", report.unrecorded),
+            ("records not judged", report.outside_prefix + report.too_new),
+            ("storage requests", report.storage_requests),
+        ):
+            print(f"  {label}: {value}")
+        print(f"  duration: {report.duration_seconds:.1f} s")
+        return 0 if report.outcome == FINISHED else 1
+    finally:
+        await service.close()
+        if embedded is not None:
+            embedded.stop()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="dji-media", description="DJI Pilot 2 media back end")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -140,6 +198,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                               "this release works with (doc/operations.md)")
     sub.add_argument("--config", "-c", required=True, help="YAML configuration file (names the database)")
     sub.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
+    sub = commands.add_parser("sweep", help="compare the bucket with the records once, now: confirm present "
+                              "objects, remove the records of gone or overwritten ones (doc/operations.md)")
+    sub.add_argument("--config", "-c", required=True, help="YAML configuration file")
+    sub.add_argument("--wait", action="store_true",
+                     help="when another process is sweeping, wait for its lease instead of exiting with 1")
     args = parser.parse_args(argv)
 
     try:
@@ -158,6 +221,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return asyncio.run(_check(config))
         if args.command == "migrate":
             return asyncio.run(_migrate(config, dry_run=args.dry_run))
+        if args.command == "sweep":
+            return asyncio.run(_sweep(config, wait=args.wait))
         if args.command == "import":
             from .importer.command import import_command
 

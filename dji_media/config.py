@@ -20,8 +20,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from .errors import ConfigError
 from .interfaces import MIN_CREDENTIAL_SECONDS, Authenticator, CredentialProvider, MediaStore, ObjectStore
 
-__all__ = ["Config", "ServerSettings", "ServiceSettings", "EmbeddedS3Settings", "BackendSettings",
-           "load_config", "parse_config", "load_class", "REGISTRY"]
+__all__ = ["Config", "ServerSettings", "ServiceSettings", "SweepSettings", "EmbeddedS3Settings",
+           "BackendSettings", "load_config", "parse_config", "load_class", "REGISTRY",
+           "DEFAULT_VERIFY_WINDOW_SECONDS"]
 
 # The advertised expire is the credentials' remaining life minus this margin; providers hand out
 # credentials with at least MIN_CREDENTIAL_SECONDS left, so devices always get 300 s or more.
@@ -71,12 +72,33 @@ class ServerSettings:
     workers: int = 1
 
 
+# Four sweep periods (doc/configuration.md, "Storage truth: the numbers"): a record the sweep
+# confirmed stays "known" through two missed passes, and a request HEADs only new records.
+DEFAULT_VERIFY_WINDOW_SECONDS = 3600.0
+
+
 @dataclasses.dataclass(frozen=True)
 class ServiceSettings:
     expire_margin: int = 300
     verify_concurrency: int = 16
     enforce_key_prefix: bool = True
-    verify_window_seconds: float = 0.0
+    # None: DEFAULT_VERIFY_WINDOW_SECONDS, or 0 for a media store that cannot remember
+    # confirmations (one written for an older release keeps working as it did).
+    verify_window_seconds: Optional[float] = None
+    max_checks_per_request: int = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings:
+    """The storage sweep (dji_media.sweep). ``enabled`` None: on when the media store and the
+    object store can sweep (the shipped ones can), else off with a warning; True refuses to
+    start with backends that cannot."""
+
+    enabled: Optional[bool] = None
+    period_seconds: float = 900.0
+    pages_per_second: float = 10.0
+    lease_seconds: float = 60.0
+    page_size: int = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +148,8 @@ class Config:
     object_store: BackendSettings
     credentials: BackendSettings
     authenticator: BackendSettings
+    # Last, with a default: a Config built in code before the sweep existed still builds.
+    sweep: SweepSettings = SweepSettings()
 
 
 # ------------------------------------------------------------------------------ ${VAR} values
@@ -268,7 +292,7 @@ def _backend(raw: Mapping[str, Any], section: str) -> BackendSettings:
 
 # -------------------------------------------------------------------------------- loading
 
-_TOP = ("server", "service", "logging", "embedded_s3", "media_store", "object_store",
+_TOP = ("server", "service", "sweep", "logging", "embedded_s3", "media_store", "object_store",
         "credentials", "authenticator")
 _LEVELS = ("debug", "info", "warning", "error")
 
@@ -303,8 +327,19 @@ def parse_config(raw: Any, environ: Optional[Mapping[str, str]] = None) -> Confi
         raise ConfigError("service.expire_margin", f"must be between 0 and {MAX_EXPIRE_MARGIN}")
     if service.verify_concurrency < 1:
         raise ConfigError("service.verify_concurrency", "must be >= 1")
-    if service.verify_window_seconds < 0:
+    if service.verify_window_seconds is not None and service.verify_window_seconds < 0:
         raise ConfigError("service.verify_window_seconds", "must be >= 0 (0 disables the window)")
+    if service.max_checks_per_request < 1:
+        raise ConfigError("service.max_checks_per_request", "must be >= 1")
+    sweep = SweepSettings(**_section(raw, "sweep", _fields(SweepSettings)))
+    if sweep.period_seconds <= 0:
+        raise ConfigError("sweep.period_seconds", "must be > 0")
+    if sweep.pages_per_second <= 0:
+        raise ConfigError("sweep.pages_per_second", "must be > 0")
+    if sweep.lease_seconds < 3:
+        raise ConfigError("sweep.lease_seconds", "must be >= 3")
+    if not 1 <= sweep.page_size <= 1000:
+        raise ConfigError("sweep.page_size", "must be between 1 and 1000 (S3 lists at most 1000 keys a request)")
     level = _section(raw, "logging", {"level": str}).get("level", "info").lower()
     if level not in _LEVELS:
         raise ConfigError("logging.level", f"must be one of {', '.join(_LEVELS)}")
@@ -324,7 +359,7 @@ def parse_config(raw: Any, environ: Optional[Mapping[str, str]] = None) -> Confi
             raise ConfigError("embedded_s3.port", "must be between 1 and 55535 (port+10000 is used too)")
 
     return Config(
-        server=server, service=service, log_level=level, embedded_s3=embedded,
+        server=server, service=service, sweep=sweep, log_level=level, embedded_s3=embedded,
         media_store=_backend(raw, "media_store"), object_store=_backend(raw, "object_store"),
         credentials=_backend(raw, "credentials"), authenticator=_backend(raw, "authenticator"),
     )

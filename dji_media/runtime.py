@@ -48,8 +48,9 @@ import tornado.web
 
 from .server import bind, listening_line, make_application, server_options, startup_checks
 from .service import MediaService
-from .web import DEFAULT_MAX_BODY_BYTES, InFlight
-from .wiring import build_service
+from .sweep import SWEEP_TASK
+from .web import DEFAULT_MAX_BODY_BYTES, InFlight, NotFoundHandler, get_handlers, get_health_handlers
+from .wiring import build_service, build_sweep
 from .wiring import embedded_s3 as configured_embedded_s3
 
 if TYPE_CHECKING:
@@ -253,19 +254,31 @@ class Runtime:
     @classmethod
     def from_config(cls, config: Config, *, sockets: Optional[Sequence[socket.socket]] = None,
                     startup_checks: bool = True, embedded_s3: bool = True, banner: bool = True) -> Runtime:
-        """What ``dji-media serve`` runs: the configured service, its embedded S3 server and the
-        media routes over HTTP(S) on ``server.host:server.port`` (or ``sockets``). With
-        ``banner``, prints the demo banner (or where it listens) once it is ready.
+        """What ``dji-media serve`` runs: the configured service, its embedded S3 server, the
+        media routes over HTTP(S) on ``server.host:server.port`` (or ``sockets``) and, when
+        enabled, the storage sweep as the background task ``storage-sweep`` (in every process:
+        its lease in the database makes one of them sweep), whose last report ``/readyz``
+        shows. With ``banner``, prints the demo banner (or where it listens) once it is ready.
         The worker processes pass their sockets and turn the rest off: their parent did it."""
         options = server_options(config)  # a certificate that does not load fails before any build
         storage = configured_embedded_s3(config) if embedded_s3 else None
         service = build_service(config)
+        sweep = build_sweep(config, service)
         in_flight = InFlight()
-        http = HttpTransport(make_application(service, config, in_flight), host=config.server.host,
-                             port=config.server.port, sockets=sockets, in_flight=in_flight, **options)
+        if sweep is None:
+            app = make_application(service, config, in_flight)
+        else:  # make_application's routes, with the sweep's report on /readyz
+            app = tornado.web.Application(
+                get_handlers(service, prefix=config.server.prefix, max_body_bytes=config.server.max_body_bytes,
+                             in_flight=in_flight) + get_health_handlers(service, sweep=True),
+                default_handler_class=NotFoundHandler)
+        http = HttpTransport(app, host=config.server.host, port=config.server.port, sockets=sockets,
+                             in_flight=in_flight, **options)
         runtime = cls(service, grace=config.server.shutdown_grace_seconds, startup_checks=startup_checks,
                       embedded_s3=storage)
         runtime.add_transport(http)
+        if sweep is not None:
+            runtime.add_task(SWEEP_TASK, sweep.run_forever)
         if banner:
             runtime.on_ready(lambda: print(listening_line(config, service, http.sockets), flush=True))
         return runtime

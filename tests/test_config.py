@@ -8,7 +8,14 @@ import os
 import pytest
 import yaml
 
-from dji_media import ConfigError, InMemoryMediaStore, PeeweeMediaStore, StsCredentialProvider
+from dji_media import (
+    ConfigError,
+    InMemoryMediaStore,
+    MediaStore,
+    MissingCapability,
+    PeeweeMediaStore,
+    StsCredentialProvider,
+)
 from dji_media.config import BackendSettings, load_config, parse_config
 from dji_media.wiring import build_service
 from dji_media.workers import check_shareable
@@ -79,6 +86,14 @@ def test_unset_variable_without_default_names_the_key(raw):
     (lambda r: r["embedded_s3"].update(access_key="k"), "embedded_s3.access_key"),
     (lambda r: r.pop("credentials"), "credentials"),
     (lambda r: r["embedded_s3"].update(port=60000), "embedded_s3.port"),
+    (lambda r: r["service"].update(max_checks_per_request=0), "service.max_checks_per_request"),
+    (lambda r: r["service"].update(verify_window_seconds=-1), "service.verify_window_seconds"),
+    (lambda r: r["sweep"].update(period_seconds=0), "sweep.period_seconds"),
+    (lambda r: r["sweep"].update(pages_per_second=0), "sweep.pages_per_second"),
+    (lambda r: r["sweep"].update(lease_seconds=1), "sweep.lease_seconds"),
+    (lambda r: r["sweep"].update(page_size=1001), "sweep.page_size"),
+    (lambda r: r["sweep"].update(enabled="yes"), "sweep.enabled"),
+    (lambda r: r["sweep"].update(every=60), "sweep.every"),
 ])
 def test_bad_values_are_refused_naming_the_key(raw, change, key):
     bad = copy.deepcopy(raw)
@@ -129,6 +144,51 @@ def test_memory_backends_and_module_class_spec(raw):
     raw["object_store"] = {"backend": "memory"}
     service = build_service(parse_config(raw, environ={}))
     assert isinstance(service.media_store, InMemoryMediaStore)
+
+
+def test_storage_truth_defaults_hold_at_fleet_scale(raw):
+    """Without a service or sweep section: the sweep on, a 15-minute period, a one-hour window."""
+    from dji_media.wiring import build_sweep
+
+    del raw["service"], raw["sweep"]
+    config = parse_config(raw, environ={})
+    assert (config.sweep.period_seconds, config.sweep.pages_per_second, config.sweep.page_size) == (900, 10, 1000)
+    service = build_service(config)
+    assert (service.verify_window, service.max_checks_per_request) == (3600, 32)
+    sweep = build_sweep(config, service)
+    assert sweep is not None and (sweep.period, sweep.lease_seconds, sweep.verify_window) == (900, 60, 3600)
+    # The shipped examples say the same, written out.
+    example = load_config(EXAMPLE, environ={})
+    assert (example.service.verify_window_seconds, example.sweep.period_seconds) == (3600, 900)
+    assert build_sweep(parse_config(dict(raw, sweep={"enabled": False}), environ={}), service) is None
+
+
+class OlderStore(InMemoryMediaStore):
+    """A third party's store of an older release: no confirmations, nothing for the sweep."""
+
+
+for _method in ("mark_verified", "confirm", "workspaces", "records_by_object_key", "acquire_lease"):
+    setattr(OlderStore, _method, getattr(MediaStore, _method))
+
+
+def test_the_sweep_and_the_window_adapt_to_an_older_store_unless_asked_for(raw, caplog):
+    from dji_media.wiring import build_sweep
+
+    raw["media_store"] = {"backend": "test_config:OlderStore"}
+    raw["object_store"] = {"backend": "memory"}
+    del raw["service"]["verify_window_seconds"], raw["sweep"]
+    with caplog.at_level("WARNING", logger="dji_media.wiring"):
+        config = parse_config(raw, environ={})
+        service = build_service(config)  # left at their defaults: it keeps working as it did
+        assert service.verify_window == 0 and build_sweep(config, service) is None
+    assert "OlderStore cannot remember storage confirmations" in caplog.text
+    assert "the storage sweep is off: OlderStore or InMemoryObjectStore cannot sweep" in caplog.text
+    with pytest.raises(MissingCapability) as refused:  # asked for by name: refused, naming both
+        build_service(parse_config(dict(raw, sweep={"enabled": True}), environ={}))
+    assert "sweep.enabled" in refused.value.message and "OlderStore" in refused.value.message
+    with pytest.raises(MissingCapability) as refused:
+        build_service(parse_config(dict(raw, service={"verify_window_seconds": 60}), environ={}))
+    assert "verify_window_seconds" in refused.value.message
 
 
 def test_unreadable_and_invalid_files(tmp_path):
