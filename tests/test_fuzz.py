@@ -586,6 +586,12 @@ def update_model(request: Request, ws: str, envelope: Dict[str, Any], model: Mod
         assert key.startswith(f"media/{ws}/"), where  # never a key outside the workspace
         if (body.get("result") or 0) == 0:
             assert code == 0, where
+            # One object key, one record: a callback for a key another fingerprint held
+            # supersedes that record (the object's bytes were overwritten).
+            for other in [k for k, rec in model.records.items()
+                          if k[0] == ws and rec[0] == key and k[1] != body["fingerprint"]]:
+                del model.records[other]
+                model.events["upload superseded another record"] += 1
             model.records[(ws, body["fingerprint"])] = (key, tiny_of(body))
             model.events["upload recorded"] += 1
         else:
