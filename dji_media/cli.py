@@ -1,4 +1,5 @@
-"""The ``dji-media`` command: ``serve``, ``check``, ``import``, ``migrate`` and ``sweep``.
+"""The ``dji-media`` command: ``serve``, ``check``, ``import``, ``migrate``, ``sweep`` and
+``simulate-pilot``.
 
 ``serve`` chooses between one process (``dji_media.runtime``) and the worker supervisor
 (``dji_media.workers``, whose workers each run the runtime): the choice lives here, above both.
@@ -203,7 +204,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub.add_argument("--config", "-c", required=True, help="YAML configuration file")
     sub.add_argument("--wait", action="store_true",
                      help="when another process is sweeping, wait for its lease instead of exiting with 1")
+    sub = commands.add_parser("simulate-pilot", help="play DJI Pilot 2 against a running server: upload "
+                              "generated photos and a video through the real flow (doc/simulator.md)")
+    from .simulator.command import add_arguments as simulator_arguments  # standard library only
+
+    simulator_arguments(sub)
     args = parser.parse_args(argv)
+    if args.command == "simulate-pilot":  # a client of a running server: --config is optional, only read
+        from .simulator.command import run as simulate_pilot
+
+        return simulate_pilot(args)
 
     try:
         config = _load(args.config)

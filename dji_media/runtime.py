@@ -49,7 +49,7 @@ import tornado.web
 from .server import bind, listening_line, make_application, server_options, startup_checks
 from .service import MediaService
 from .sweep import SWEEP_TASK
-from .web import DEFAULT_MAX_BODY_BYTES, InFlight, NotFoundHandler, get_handlers, get_health_handlers
+from .web import DEFAULT_MAX_BODY_BYTES, InFlight
 from .wiring import build_service, build_sweep
 from .wiring import embedded_s3 as configured_embedded_s3
 
@@ -265,13 +265,7 @@ class Runtime:
         service = build_service(config)
         sweep = build_sweep(config, service)
         in_flight = InFlight()
-        if sweep is None:
-            app = make_application(service, config, in_flight)
-        else:  # make_application's routes, with the sweep's report on /readyz
-            app = tornado.web.Application(
-                get_handlers(service, prefix=config.server.prefix, max_body_bytes=config.server.max_body_bytes,
-                             in_flight=in_flight) + get_health_handlers(service, sweep=True),
-                default_handler_class=NotFoundHandler)
+        app = make_application(service, config, in_flight, sweep=sweep is not None)
         http = HttpTransport(app, host=config.server.host, port=config.server.port, sockets=sockets,
                              in_flight=in_flight, **options)
         runtime = cls(service, grace=config.server.shutdown_grace_seconds, startup_checks=startup_checks,

@@ -24,12 +24,13 @@ __all__ = ["make_application", "server_options", "startup_checks", "bind", "list
 
 
 def make_application(service: MediaService, config: Config,
-                     in_flight: Optional[InFlight] = None) -> tornado.web.Application:
-    """The media routes in an Application whose unknown paths answer with the envelope."""
+                     in_flight: Optional[InFlight] = None, *, sweep: bool = False) -> tornado.web.Application:
+    """The media routes in an Application whose unknown paths answer with the envelope.
+    ``sweep``: ``/readyz`` also reports the storage sweep's last pass."""
     return tornado.web.Application(
         get_handlers(service, prefix=config.server.prefix,
                      max_body_bytes=config.server.max_body_bytes, in_flight=in_flight)
-        + get_health_handlers(service),  # at the root, where probes look for them
+        + get_health_handlers(service, sweep=sweep),  # at the root, where probes look for them
         default_handler_class=NotFoundHandler,
     )
 

@@ -17,8 +17,9 @@ import tornado.web
 from dji_media import ConfigError, DjiMediaError, NotFoundHandler, get_handlers, get_health_handlers
 from dji_media.config import Config, load_config
 from dji_media.runtime import HttpTransport, Runtime
+from dji_media.sweep import SWEEP_TASK
 from dji_media.web import InFlight
-from dji_media.wiring import build_service, demo_banner, embedded_s3, tls_context
+from dji_media.wiring import build_service, build_sweep, demo_banner, embedded_s3, tls_context
 
 
 class HelloHandler(tornado.web.RequestHandler):
@@ -33,12 +34,17 @@ async def serve(config: Config) -> int:
     storage = embedded_s3(config)  # None unless the config has an embedded_s3 section
     service = build_service(config)
     runtime = Runtime(service, grace=config.server.shutdown_grace_seconds, embedded_s3=storage)
+    # The storage sweep (None when the configuration turns it off) keeps the records honest
+    # about the bucket in the background; its lease makes one process of a deployment sweep.
+    sweep = build_sweep(config, service)
+    if sweep is not None:
+        runtime.add_task(SWEEP_TASK, sweep.run_forever)
     in_flight = InFlight()  # the shutdown waits for the media requests it counts
     app = tornado.web.Application(
         [(r"/hello", HelloHandler)]
         + get_handlers(service, prefix=config.server.prefix, max_body_bytes=config.server.max_body_bytes,
                        in_flight=in_flight)
-        + get_health_handlers(service),
+        + get_health_handlers(service, sweep=sweep is not None),  # /readyz reports the last pass
         default_handler_class=NotFoundHandler,
     )
     http = runtime.add_transport(HttpTransport(

@@ -160,3 +160,11 @@ def test_sweep_by_hand_needs_backends_that_can_sweep(tmp_path, s3):
     result = run_cli("sweep", "--config", path)
     assert result.returncode == 2
     assert "the storage sweep (sweep.enabled) needs MediaStore." in result.stderr and "OlderStore" in result.stderr
+
+
+def test_simulate_pilot_is_a_command_that_needs_no_config():
+    # A client of a running server: it refuses to guess a token rather than failing on a config.
+    shown = run_cli("simulate-pilot", "--help")
+    assert shown.returncode == 0 and "--token" in shown.stdout
+    refused = run_cli("simulate-pilot", "--url", "http://127.0.0.1:1")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
