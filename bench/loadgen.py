@@ -158,13 +158,14 @@ async def _run(spec: Dict[str, Any], conn_ids: List[int]) -> Dict[str, Any]:
         raise SystemExit(f"loadgen: refusing non-loopback host {host!r}")
     path = scenarios.paths(spec["workspace"], spec.get("prefix", ""))[scenarios.SCENARIOS[spec["scenario"]].route]
     checker = _Checker(int(spec["expect"]))
+    layout = scenarios.Layout(**spec["layout"])
     if spec["scenario"] == "upload-callback":
-        generator = scenarios.CallbackBodies(spec["workspace"], spec["tag"])
+        generator = scenarios.CallbackBodies(layout, spec["tag"])
         static: List[bytes] = []
     else:
         generator = None
         static = [scenarios.request_bytes(host, port, path, body, spec["token"])
-                  for body in scenarios.static_bodies(spec["scenario"], int(spec["files"]))]
+                  for body in scenarios.static_bodies(spec["scenario"], layout)]
     timeout = float(spec.get("request_timeout", 30.0))
     t0 = time.time() + float(spec.get("start_delay", 0.0))
     t_start = t0 + float(spec["warmup"])
@@ -345,6 +346,11 @@ def run(spec: Dict[str, Any]) -> Dict[str, Any]:
     first = parts[0]
     pid_cpu = {name: (None if t is None else round(sum(x for x in t if x is not None) / ticks / wall, 3))
                for name, t in first["pid_ticks"].items()}
+    # CPU seconds the process under test spent per correct response over the window: the cost
+    # of one request, whatever the number of connections or the machine's other work (clock
+    # ticks: 10 ms each, so a window needs some hundreds of requests to be read to 1%).
+    target_ticks = first["pid_ticks"].get("target")
+    target_cpu_s = None if target_ticks is None else sum(x for x in target_ticks if x is not None) / ticks
     # Each process of a group on its own (how evenly a server's workers shared the load).
     pid_cpu_each = {name: [None if x is None else round(x / ticks / wall, 3) for x in t]
                     for name, t in first["pid_ticks"].items() if t is not None and len(t) > 1}
@@ -371,6 +377,9 @@ def run(spec: Dict[str, Any]) -> Dict[str, Any]:
         # CPU of the watched processes, as a share of one core, over the same window; a group
         # (a server's parent and workers) is summed, so it may exceed 1.0.
         "proc_util": pid_cpu, "proc_util_each": pid_cpu_each,
+        "target_cpu_s": None if target_cpu_s is None else round(target_cpu_s, 3),
+        "cpu_ms_per_request": (round(1000.0 * target_cpu_s / len(latencies), 4)
+                               if target_cpu_s is not None and latencies else None),
         # The whole machine's busy share (all cores) over the window: other people's work shows here.
         "machine_busy": round(system[0] / system[1], 3) if system and system[1] else None,
         "sent": sum(p["sent"] for p in parts), "completed_total": sum(p["done"] for p in parts),
