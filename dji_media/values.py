@@ -112,6 +112,9 @@ class MediaRecord:
     # then, and again after a rewrite of the record.
     etag: Optional[str] = None
     size: Optional[int] = None
+    # A stable public id of the file (a UUID4 text), given when the record is first stored and
+    # kept across rewrites of the same record. None where a store does not keep one.
+    public_id: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,9 @@ import collections
 import dataclasses
 import datetime as _dt
 import hashlib
-from typing import Any, Counter, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+import math
+import uuid
+from typing import Any, Callable, Counter, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from ..errors import DatabaseUnavailable, StorageUnavailable
 from ..interfaces import MediaStore, ObjectStore
@@ -17,11 +19,21 @@ from ..values import FileGroup, GroupReport, ListingPage, MediaFile, MediaRecord
 
 class InMemoryMediaStore(MediaStore):
     """A MediaStore in a dict. Each method completes without awaiting, so it is atomic on the
-    event loop. ``unavailable`` makes every call fail as a database outage would."""
+    event loop. ``unavailable`` makes every call fail as a database outage would.
 
-    def __init__(self) -> None:
+    ``clock`` (aware UTC, ``utc_now`` by default) times records and leases; a test may pass
+    its own to move leases past their expiry. Leases and task state live in this object, so
+    they order the tasks of one process only: share one store between the holders.
+    """
+
+    def __init__(self, *, clock: Callable[[], _dt.datetime] = utc_now) -> None:
         self._records: Dict[Tuple[str, str], MediaRecord] = {}
+        # Which fingerprint holds each (workspace, object key): one object key, one record.
+        self._by_object_key: Dict[Tuple[str, str], str] = {}
         self._groups: Dict[Tuple[str, str], FileGroup] = {}
+        self._leases: Dict[str, Tuple[str, _dt.datetime]] = {}
+        self._task_states: Dict[str, str] = {}
+        self._clock = clock
         self.unavailable = False
 
     def __getattribute__(self, name: str) -> Any:
@@ -29,6 +41,20 @@ class InMemoryMediaStore(MediaStore):
         if name in _STORE_METHODS and object.__getattribute__(self, "unavailable"):
             return _unavailable
         return object.__getattribute__(self, name)
+
+    def _put(self, record: MediaRecord) -> None:
+        key = (record.workspace_id, record.file.fingerprint)
+        old = self._records.get(key)
+        if old is not None and old.file.object_key != record.file.object_key:
+            self._by_object_key.pop((record.workspace_id, old.file.object_key), None)
+        self._records[key] = record
+        self._by_object_key[(record.workspace_id, record.file.object_key)] = record.file.fingerprint
+
+    def _drop(self, key: Tuple[str, str]) -> None:
+        record = self._records.pop(key)
+        place = (record.workspace_id, record.file.object_key)
+        if self._by_object_key.get(place) == record.file.fingerprint:
+            del self._by_object_key[place]
 
     async def get(self, workspace_id: str, fingerprint: str) -> Optional[MediaRecord]:
         return self._records.get((workspace_id, fingerprint))
@@ -44,7 +70,11 @@ class InMemoryMediaStore(MediaStore):
 
     async def upsert(self, workspace_id: str, file: MediaFile) -> MediaRecord:
         key = (workspace_id, file.fingerprint)
-        now = utc_now()
+        now = self._clock()
+        # One object key, one record: another fingerprint's record of this key goes.
+        holder = self._by_object_key.get((workspace_id, file.object_key))
+        if holder is not None and holder != file.fingerprint:
+            self._drop((workspace_id, holder))
         old = self._records.get(key)
         if old is not None:
             # Callbacks carry neither: a write without one keeps the stored one, as the peewee store does.
@@ -58,8 +88,10 @@ class InMemoryMediaStore(MediaStore):
             revision=(old.revision + 1) if old else 1,
             created_at=old.created_at if old else now,
             updated_at=now,
+            # verified_at, etag and size start again at None: these bytes are not confirmed yet.
+            public_id=old.public_id if old is not None and old.public_id else str(uuid.uuid4()),
         )
-        self._records[key] = record
+        self._put(record)
         return record
 
     async def mark_verified(self, records: Sequence[MediaRecord], when: _dt.datetime) -> None:
@@ -74,15 +106,19 @@ class InMemoryMediaStore(MediaStore):
         current = self._records.get(key)
         if current is None or current.revision != record.revision:
             return False
-        del self._records[key]
+        self._drop(key)
         return True
 
     async def insert_missing(self, records: Sequence[MediaRecord]) -> List[bool]:
+        # A record whose fingerprint, or whose object key under another fingerprint, is held
+        # already (stored, or earlier in this call) is not inserted: the first wins.
         inserted = []
         for record in records:
             key = (record.workspace_id, record.file.fingerprint)
-            inserted.append(key not in self._records)
-            self._records.setdefault(key, record)
+            free = key not in self._records and (record.workspace_id, record.file.object_key) not in self._by_object_key
+            inserted.append(free)
+            if free:
+                self._put(record if record.public_id else dataclasses.replace(record, public_id=str(uuid.uuid4())))
         return inserted
 
     async def save_group(self, workspace_id: str, report: GroupReport) -> FileGroup:
@@ -91,13 +127,73 @@ class InMemoryMediaStore(MediaStore):
             file_group_id=report.file_group_id,
             file_count=report.file_count,
             file_uploaded_count=report.file_uploaded_count,
-            updated_at=utc_now(),
+            updated_at=self._clock(),
         )
         self._groups[(workspace_id, report.file_group_id)] = group
         return group
 
     async def get_group(self, workspace_id: str, file_group_id: str) -> Optional[FileGroup]:
         return self._groups.get((workspace_id, file_group_id))
+
+    # -------------------------------------------------- storage truth (the sweep)
+
+    async def workspaces(self) -> List[str]:
+        return sorted({workspace_id for workspace_id, _ in self._records})
+
+    async def records_by_object_key(self, workspace_id: str, after: Optional[str], upto: Optional[str],
+                                    limit: int) -> List[MediaRecord]:
+        # S3's order: the bytes of the UTF-8 keys.
+        low = after.encode("utf-8") if after is not None else None
+        high = upto.encode("utf-8") if upto is not None else None
+        chosen = []
+        for (ws, object_key), fingerprint in self._by_object_key.items():
+            if ws != workspace_id:
+                continue
+            encoded = object_key.encode("utf-8")
+            if (low is None or encoded > low) and (high is None or encoded <= high):
+                chosen.append((encoded, fingerprint))
+        chosen.sort()
+        return [self._records[(workspace_id, fingerprint)] for _, fingerprint in chosen[:max(limit, 0)]]
+
+    async def confirm(self, confirmations: Sequence[Tuple[MediaRecord, ObjectInfo]], when: _dt.datetime) -> None:
+        for record, info in confirmations:
+            key = (record.workspace_id, record.file.fingerprint)
+            current = self._records.get(key)
+            if current is None or current.revision != record.revision:
+                continue
+            # The first confirmation records what storage said; later ones never overwrite it.
+            self._records[key] = dataclasses.replace(
+                current, verified_at=when,
+                etag=current.etag if current.etag is not None else info.etag,
+                size=current.size if current.size is not None else info.size)
+
+    def _holder(self, name: str) -> Optional[str]:
+        lease = self._leases.get(name)
+        if lease is None or lease[1] <= self._clock():
+            return None
+        return lease[0]
+
+    async def acquire_lease(self, name: str, holder: str, seconds: float) -> bool:
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"lease seconds must be a positive number: {seconds!r}")
+        if self._holder(name) not in (None, holder):
+            return False
+        self._leases[name] = (holder, self._clock() + _dt.timedelta(seconds=seconds))
+        return True
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        lease = self._leases.get(name)
+        if lease is not None and lease[0] == holder:
+            del self._leases[name]
+
+    async def load_task_state(self, name: str) -> Optional[str]:
+        return self._task_states.get(name)
+
+    async def save_task_state(self, name: str, holder: str, state: str) -> bool:
+        if self._holder(name) != holder:
+            return False
+        self._task_states[name] = state
+        return True
 
 
 class InMemoryObjectStore(ObjectStore):

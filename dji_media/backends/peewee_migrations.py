@@ -23,21 +23,40 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import uuid
 import zlib
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import peewee
 from playhouse.migrate import SchemaMigrator
 
 from ..errors import DatabaseUnavailable, SchemaMismatch
 from ..values import SchemaMigration
-from .peewee_schema import MYSQL_OBJECT_KEY_PREFIX, SCHEMA_VERSION, _describe, object_key_index_name
+from .peewee_schema import (
+    _MYSQL_COLLATIONS,
+    ETAG_LENGTH,
+    MAX_OBJECT_KEY_BYTES,
+    MYSQL_OBJECT_KEY_BYTES,
+    MYSQL_OBJECT_KEY_PREFIX,
+    PUBLIC_ID_LENGTH,
+    SCHEMA_VERSION,
+    _aware_utc,
+    _describe,
+    object_key_index_name,
+    public_id_default,
+    public_id_index_name,
+)
 
 log = logging.getLogger("dji_media.peewee")
 
 # How long creating the tables, a step, or a server waiting for either, waits for the lock (and,
 # on PostgreSQL, for the tables' locks) before giving up.
 SCHEMA_LOCK_SECONDS = 300
+# Rows per UPDATE when version 4 gives existing rows their public id: three parameters a row
+# stay within old SQLite builds' limit of 999 a statement.
+PUBLIC_ID_BATCH = 300
+# Records per DELETE when version 4 resolves duplicate object keys.
+DELETE_BATCH = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +94,15 @@ def _to_2(schema: "SchemaVersions") -> List[Change]:
             else peewee.Entity("object_key")
         schema.db.execute(peewee.Index(index, peewee.Table(table), [peewee.Entity("workspace_id"), key]).safe(False))
 
+    def has_index() -> bool:
+        # On MySQL, version 4 replaces this index with one on (workspace_id, object_key_bytes).
+        return schema.has_index(table, ("workspace_id", "object_key")) or (
+            schema.mysql and schema.has_index(table, ("workspace_id", MYSQL_OBJECT_KEY_BYTES)))
+
     return [
         Change(f"add column job_id VARCHAR(128) NULL to {table}",
                lambda: schema.has_column(table, "job_id"), add_job_id),
-        Change(f"create index {index} on {table} ({columns})",
-               lambda: schema.has_index(table, ("workspace_id", "object_key")), add_index),
+        Change(f"create index {index} on {table} ({columns})", has_index, add_index),
     ]
 
 
@@ -97,10 +120,162 @@ def _to_3(schema: "SchemaVersions") -> List[Change]:
     ]
 
 
+def _to_4(schema: "SchemaVersions") -> List[Change]:
+    # Storage truth at fleet scale: the ETag and size storage reported at the first
+    # confirmation, a stable public id per file, one record per object key (the sweep reads
+    # records in object-key order, in the byte order S3 lists keys in), and a table of leases
+    # and task state. The counts in the lines are taken when the step is planned.
+    db, table, q = schema.db, schema.media_table, schema.quote
+    t = q(table)
+    has_public_id = schema.has_column(table, "public_id")
+    superseded = _superseded(schema, has_public_id)
+    without_id = schema.count(f"SELECT COUNT(*) FROM {t}" + (f" WHERE {q('public_id')} IS NULL" if has_public_id
+                                                            else ""))
+    to_fill = without_id - sum(1 for _, no_id in superseded if no_id)
+    key_index = object_key_index_name(table)
+    id_index = public_id_index_name(table)
+
+    def add(column: str, field: peewee.Field) -> Callable[[], None]:
+        return lambda: schema.migrator.add_column(table, column, field).run()
+
+    def fill_public_ids() -> None:
+        # In id order from where the last batch ended, so each SELECT reads the next stretch of
+        # the primary key, however large the table. (Asking for "public_id IS NULL" there too
+        # made PostgreSQL, which has no statistics for a new column, scan the table each time.)
+        last = 0
+        select = f"SELECT {q('id')} FROM {t} WHERE {q('id')} > {db.param} ORDER BY {q('id')} LIMIT {PUBLIC_ID_BATCH}"
+        while True:
+            ids = [row[0] for row in schema._rows(select, (last,))]
+            if not ids:
+                return
+            cases = " ".join([f"WHEN {db.param} THEN {db.param}"] * len(ids))
+            marks = ", ".join([db.param] * len(ids))
+            params: List[Any] = []
+            for row_id in ids:
+                params += [row_id, str(uuid.uuid4())]
+            db.execute_sql(f"UPDATE {t} SET {q('public_id')} = CASE {q('id')} {cases} END "
+                           f"WHERE {q('id')} IN ({marks}) AND {q('public_id')} IS NULL", params + ids)
+            last = ids[-1]
+
+    def public_id_required() -> None:
+        if schema.sqlite:  # SQLite cannot change a column: the table is built again, as it now is
+            schema.rebuild_media_table()
+        elif schema.postgresql:
+            db.execute_sql(f"ALTER TABLE {t} ALTER COLUMN {q('public_id')} SET DEFAULT {public_id_default(db)}, "
+                           f"ALTER COLUMN {q('public_id')} SET NOT NULL")
+        else:
+            # Each DDL statement commits by itself here, and older servers may have inserted
+            # rows since the fill: give those theirs first.
+            fill_public_ids()
+            default = f" DEFAULT {public_id_default(db)}" if schema.mysql_expression_defaults() else ""
+            db.execute_sql(f"ALTER TABLE {t} MODIFY {q('public_id')} VARCHAR({PUBLIC_ID_LENGTH}) NOT NULL{default}")
+
+    def add_public_id_index() -> None:
+        db.execute(peewee.Index(id_index, peewee.Table(table), [peewee.Entity("public_id")], unique=True).safe(False))
+
+    def resolve_duplicates() -> None:
+        ids = [row_id for row_id, _ in _superseded(schema, False)]
+        for start in range(0, len(ids), DELETE_BATCH):
+            chunk = ids[start:start + DELETE_BATCH]
+            db.execute_sql(f"DELETE FROM {t} WHERE {q('id')} IN ({', '.join([db.param] * len(chunk))})", chunk)
+
+    def unique_object_keys() -> None:
+        if schema.mysql:
+            # Older servers may have written a duplicate since it was resolved (each statement
+            # commits by itself here). Then one ALTER: the column, and the index swapped.
+            resolve_duplicates()
+            clauses = []
+            if not schema.has_column(table, MYSQL_OBJECT_KEY_BYTES):
+                clauses.append(f"ADD COLUMN {q(MYSQL_OBJECT_KEY_BYTES)} VARBINARY({MAX_OBJECT_KEY_BYTES}) "
+                               f"AS (CAST({q('object_key')} AS BINARY)) STORED")
+            if key_index in schema.index_names(table):
+                clauses.append(f"DROP INDEX {q(key_index)}")
+            clauses.append(f"ADD UNIQUE INDEX {q(key_index)} ({q('workspace_id')}, {q(MYSQL_OBJECT_KEY_BYTES)})")
+            db.execute_sql(f"ALTER TABLE {t} " + ", ".join(clauses))
+            return
+        if key_index in schema.index_names(table):
+            db.execute_sql(f"DROP INDEX {q(key_index)}")
+        if schema.postgresql:
+            db.execute_sql(f"ALTER TABLE {t} ALTER COLUMN {q('object_key')} TYPE VARCHAR(1024) COLLATE \"C\"")
+        db.execute(peewee.Index(key_index, peewee.Table(table), [peewee.Entity("workspace_id"),
+                                                                 peewee.Entity("object_key")], unique=True).safe(False))
+
+    def unique_object_keys_present() -> bool:
+        if schema.mysql:
+            return (schema.has_index(table, ("workspace_id", MYSQL_OBJECT_KEY_BYTES), unique=True)
+                    and not schema.has_index(table, ("workspace_id", "object_key")))
+        return schema.has_index(table, ("workspace_id", "object_key"), unique=True) and (
+            not schema.postgresql or schema.column_collation(table, "object_key") == "C")
+
+    def create_task_table() -> None:
+        schema.create_tables([schema.task_model])
+
+    if schema.mysql:
+        unique_line = (f"add column {MYSQL_OBJECT_KEY_BYTES} VARBINARY({MAX_OBJECT_KEY_BYTES}) AS "
+                       f"(CAST(object_key AS BINARY)) STORED to {table}, and replace index {key_index} "
+                       f"(workspace_id, object_key({MYSQL_OBJECT_KEY_PREFIX})) with a unique index on "
+                       f"(workspace_id, {MYSQL_OBJECT_KEY_BYTES})")
+    else:
+        unique_line = f"make index {key_index} on {table} (workspace_id, object_key) unique"
+        if schema.postgresql:
+            unique_line += ', object_key in byte order (COLLATE "C")'
+    return [
+        Change(f"add column etag VARCHAR({ETAG_LENGTH}) NULL to {table}",
+               lambda: schema.has_column(table, "etag"), add("etag", peewee.CharField(max_length=ETAG_LENGTH,
+                                                                                      null=True))),
+        Change(f"add column size BIGINT NULL to {table}",
+               lambda: schema.has_column(table, "size"), add("size", peewee.BigIntegerField(null=True))),
+        Change(f"one record per (workspace_id, object_key) in {table}: delete {len(superseded)} record(s) whose "
+               "object key a more recently updated record holds",
+               lambda: not _superseded(schema, False), resolve_duplicates),
+        Change(f"add column public_id VARCHAR({PUBLIC_ID_LENGTH}) NULL to {table}",
+               lambda: schema.has_column(table, "public_id"),
+               add("public_id", peewee.CharField(max_length=PUBLIC_ID_LENGTH, null=True))),
+        Change(f"fill public_id of {to_fill} row(s) with new UUID4s, {PUBLIC_ID_BATCH} rows per statement",
+               lambda: schema.has_column(table, "public_id") and schema.count(
+                   f"SELECT COUNT(*) FROM {t} WHERE {q('public_id')} IS NULL") == 0,
+               fill_public_ids),
+        Change("make public_id NOT NULL, with a database-made UUID as default"
+               + (f" (SQLite: {table} is copied into a new table)" if schema.sqlite else ""),
+               lambda: schema.has_column(table, "public_id") and schema.column_not_null(table, "public_id"),
+               public_id_required),
+        Change(f"create unique index {id_index} on {table} (public_id)",
+               lambda: schema.has_index(table, ("public_id",), unique=True), add_public_id_index),
+        Change(unique_line, unique_object_keys_present, unique_object_keys),
+        Change(f"create table {schema.task_table} (leases and task state)",
+               lambda: schema.table_exists(schema.task_table), create_task_table),
+    ]
+
+
+def _superseded(schema: "SchemaVersions", has_public_id: bool) -> List[Tuple[int, bool]]:
+    """The rows of the media table that another row of the same workspace and object key
+    supersedes (it was updated later, or at the same time and inserted later): (id, whether
+    it has no public_id) of each. One GROUP BY finds the keys held more than once (usually
+    none), then each such key's rows are read by the (workspace_id, object_key) index: a
+    plan that stays linear whatever statistics the planner has (a self-join took MariaDB
+    minutes on a freshly filled table)."""
+    q, t = schema.quote, schema.quote(schema.media_table)
+    key = f"CAST({q('object_key')} AS BINARY)" if schema.mysql else q("object_key")
+    # MySQL: grouped by the bytes, as the new unique index compares keys (a padding collation
+    # would take 'a' and 'a ' for one).
+    groups = schema._rows(f"SELECT {q('workspace_id')}, MIN({q('object_key')}) FROM {t} "
+                          f"GROUP BY {q('workspace_id')}, {key} HAVING COUNT(*) > 1")
+    no_id = f", {q('public_id')} IS NULL" if has_public_id else ""
+    select = (f"SELECT {q('id')}, {q('object_key')}, {q('updated_at')}{no_id} FROM {t} "
+              f"WHERE {q('workspace_id')} = {schema.db.param} AND {q('object_key')} = {schema.db.param}")
+    found: List[Tuple[int, bool]] = []
+    for workspace_id, object_key in groups:
+        rows = [row for row in schema._rows(select, (workspace_id, object_key)) if row[1] == object_key]
+        rows.sort(key=lambda row: (_aware_utc(row[2]), row[0]))
+        found += [(row[0], bool(row[3]) if has_public_id else True) for row in rows[:-1]]
+    return found
+
+
 # In order; STEPS[i] brings a database to version i + 2 (version 1 is the first release's).
 STEPS: Tuple[Step, ...] = (
     Step(2, _to_2),
     Step(3, _to_3),
+    Step(4, _to_4),
 )
 if [step.version for step in STEPS] != list(range(2, SCHEMA_VERSION + 1)):  # pragma: no cover
     raise AssertionError("STEPS must lead, one version at a time, from 1 to SCHEMA_VERSION")
@@ -115,9 +290,12 @@ class SchemaVersions:
                  table_prefix: str, mysql_collation: Callable[[], str]) -> None:
         self.db = db
         self.models = list(models)
-        self.schema_model, media, _group = models
+        # Model classes built at run time: their columns are not declared types.
+        self.media_model: Any
+        self.schema_model, self.media_model, _group, self.task_model = models
         self.schema_table = self.schema_model._meta.table_name
-        self.media_table = media._meta.table_name
+        self.media_table = self.media_model._meta.table_name
+        self.task_table = self.task_model._meta.table_name
         self.sqlite = isinstance(db, peewee.SqliteDatabase)
         self.postgresql = isinstance(db, peewee.PostgresqlDatabase)
         self.mysql = isinstance(db, peewee.MySQLDatabase)
@@ -141,6 +319,9 @@ class SchemaVersions:
     def _rows(self, sql: str, params: Sequence = ()) -> List[tuple]:
         return list(self.db.execute_sql(sql, params).fetchall())
 
+    def count(self, sql: str, params: Sequence = ()) -> int:
+        return int(self._rows(sql, params)[0][0] or 0)
+
     def table_exists(self, table: str) -> bool:
         if self.sqlite:
             return bool(self._rows("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)))
@@ -162,31 +343,104 @@ class SchemaVersions:
         return bool(self._rows("SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
                                "AND TABLE_NAME = %s AND COLUMN_NAME = %s", (table, column)))
 
-    def index_columns(self, table: str) -> List[Tuple[str, ...]]:
-        """The columns of each index of the table, in index order."""
+    def indexes(self, table: str) -> Dict[str, Tuple[Tuple[str, ...], bool]]:
+        """Each index of the table by name: its columns, in index order, and whether it is unique."""
         if self.sqlite:
-            return [tuple(row[2] for row in sorted(self._rows(f"PRAGMA index_info({self.quote(index[1])})")))
-                    for index in self._rows(f"PRAGMA index_list({self.quote(table)})")]
+            found_sqlite = {}
+            for index in self._rows(f"PRAGMA index_list({self.quote(table)})"):
+                info = sorted(self._rows(f"PRAGMA index_info({self.quote(index[1])})"))
+                found_sqlite[index[1]] = (tuple(row[2] for row in info), bool(index[2]))
+            return found_sqlite
         if self.postgresql:
             rows = self._rows(
-                "SELECT i.indexrelid, a.attname FROM pg_index i "
+                "SELECT i.indexrelid::regclass::text, a.attname, i.indisunique FROM pg_index i "
                 "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
                 "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
                 "WHERE i.indrelid = to_regclass(%s) ORDER BY i.indexrelid, k.n", (self.quote(table),))
         elif not self.mysql:
-            return [tuple(index.columns) for index in self.db.get_indexes(table)]
+            return {index.name: (tuple(index.columns), bool(index.unique)) for index in self.db.get_indexes(table)}
         else:
-            rows = self._rows("SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS "
+            rows = self._rows("SELECT INDEX_NAME, COLUMN_NAME, NON_UNIQUE = 0 FROM information_schema.STATISTICS "
                               "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s "
                               "ORDER BY INDEX_NAME, SEQ_IN_INDEX", (table,))
-        indexes: dict = {}
-        for index, column in rows:
-            indexes.setdefault(index, []).append(column)
-        return [tuple(columns) for columns in indexes.values()]
+        found: Dict[str, Tuple[List[str], bool]] = {}
+        for index, column, unique in rows:
+            found.setdefault(index.strip('"'), ([], bool(unique)))[0].append(column)
+        return {name: (tuple(columns), unique) for name, (columns, unique) in found.items()}
 
-    def has_index(self, table: str, columns: Sequence[str]) -> bool:
-        """Whether an index on exactly these columns, in this order, exists (by any name)."""
-        return tuple(columns) in self.index_columns(table)
+    def index_columns(self, table: str) -> List[Tuple[str, ...]]:
+        """The columns of each index of the table, in index order."""
+        return [columns for columns, _unique in self.indexes(table).values()]
+
+    def index_names(self, table: str) -> List[str]:
+        return list(self.indexes(table))
+
+    def has_index(self, table: str, columns: Sequence[str], unique: Optional[bool] = None) -> bool:
+        """Whether an index on exactly these columns, in this order, exists (by any name); with
+        ``unique``, one that is (True) or is not (False) unique."""
+        return any(found == tuple(columns) and (unique is None or is_unique == unique)
+                   for found, is_unique in self.indexes(table).values())
+
+    def column_not_null(self, table: str, column: str) -> bool:
+        if self.sqlite:
+            return any(row[1] == column and bool(row[3])
+                       for row in self._rows(f"PRAGMA table_info({self.quote(table)})"))
+        if self.postgresql:
+            return bool(self._rows("SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s "
+                                   "AND attnotnull", (self.quote(table), column)))
+        if not self.mysql:
+            return any(c.name == column and not c.null for c in self.db.get_columns(table))
+        return bool(self._rows("SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                               "AND TABLE_NAME = %s AND COLUMN_NAME = %s AND IS_NULLABLE = 'NO'", (table, column)))
+
+    def column_collation(self, table: str, column: str) -> Optional[str]:
+        """PostgreSQL: the column's collation ("default" for the database's); None elsewhere."""
+        if not self.postgresql:
+            return None
+        rows = self._rows("SELECT c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation "
+                          "WHERE a.attrelid = to_regclass(%s) AND a.attname = %s", (self.quote(table), column))
+        return rows[0][0] if rows else None
+
+    # ----------------------------------------------------------------------- changes
+
+    def mysql_expression_defaults(self) -> bool:
+        """MySQL: whether the server takes an expression as a column default (MariaDB 10.2.1,
+        MySQL 8.0.13). Every server with a NO PAD binary collation (MariaDB 10.2.2, MySQL
+        8.0.17) does; without one (MySQL 5.7), public_id gets no default."""
+        return self._mysql_collation() in _MYSQL_COLLATIONS
+
+    def create_tables(self, models: Sequence[Type[peewee.Model]]) -> None:
+        """Create these tables as a new database gets them (on MySQL: engine, charset, collation)."""
+        if self.mysql:
+            settings = ["ENGINE=InnoDB", "DEFAULT CHARSET=utf8mb4", f"COLLATE={self._mysql_collation()}"]
+            for model in models:
+                model._meta.table_settings = settings
+            if self.media_model in models and not self.mysql_expression_defaults():
+                # Then a server of an older release cannot insert beside this one (see operations.md).
+                self.media_model.public_id.constraints = []
+        self.db.create_tables(models, safe=True)
+
+    def rebuild_media_table(self) -> None:
+        """SQLite: give the media table this release's definition, which ALTER TABLE cannot do
+        there (a NOT NULL column with a default expression, say): a new table with every row
+        copied, the old one dropped, the new one renamed and the old one's indexes made again.
+        Inside the caller's transaction, which holds the write lock."""
+        table, q = self.media_table, self.quote
+        indexes = [row[0] for row in self._rows("SELECT sql FROM sqlite_master WHERE type = 'index' "
+                                                "AND tbl_name = ? AND sql IS NOT NULL", (table,))]
+        building = f"{table}_v{SCHEMA_VERSION}"
+        create, params = self.db.get_sql_context().sql(self.media_model._schema._create_table(safe=False)).query()
+        head = f"CREATE TABLE {q(table)} "
+        if not create.startswith(head) or params:  # pragma: no cover - peewee changed its DDL
+            raise peewee.ProgrammingError(f"unexpected DDL for {table}: {create[:80]}")
+        self.db.execute_sql(f"DROP TABLE IF EXISTS {q(building)}")
+        self.db.execute_sql(f"CREATE TABLE {q(building)} " + create[len(head):])
+        columns = ", ".join(q(f.column_name) for f in self.media_model._meta.sorted_fields)
+        self.db.execute_sql(f"INSERT INTO {q(building)} ({columns}) SELECT {columns} FROM {q(table)}")
+        self.db.execute_sql(f"DROP TABLE {q(table)}")
+        self.db.execute_sql(f"ALTER TABLE {q(building)} RENAME TO {q(table)}")
+        for sql in indexes:
+            self.db.execute_sql(sql)
 
     # ------------------------------------------------------------------------ version
 
@@ -260,16 +514,12 @@ class SchemaVersions:
     def _create_or_adopt(self) -> int:
         """Under ``exclusive``, for a database without a version row: create the tables at the
         current version, or give tables that are there the row they lack. Returns the version."""
-        if self.mysql:
-            settings = ["ENGINE=InnoDB", "DEFAULT CHARSET=utf8mb4", f"COLLATE={self._mysql_collation()}"]
-            for model in self.models:
-                model._meta.table_settings = settings
         if self.table_exists(self.media_table):
             version = self._inferred_version()
             log.warning("%s has no version row; its tables look like version %d", self.schema_table, version)
-            self.db.create_tables([self.schema_model], safe=True)
+            self.create_tables([self.schema_model])
         else:
-            self.db.create_tables(self.models, safe=True)
+            self.create_tables(self.models)
             version = SCHEMA_VERSION
         self._set_version(version)
         return version

@@ -1,4 +1,4 @@
-"""The media table's hot statements, written as SQL text once per store.
+"""The media table's hot statements, and the task table's, written as SQL text once per store.
 
 fast-upload, tiny-fingerprints and upload-callback run one of three statements each. Built
 through peewee's query builder they cost more CPU than the database does: profiles of the
@@ -7,19 +7,22 @@ more than half of a warm tiny-fingerprints answer in turning rows into model ins
 into records. Here each statement is compiled once, for the engine at hand (its quoting and
 placeholder), and rows come back as plain tuples that become records directly.
 
-Everything else (the schema, rare writes) stays with peewee's query builder in ``peewee_store``.
+The storage sweep's reads (records in object-key order, the workspaces) and the leases, which
+must say the same thing on every engine, are here too. Everything else (the schema, rare
+writes) stays with peewee's query builder in ``peewee_store``.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
 import sqlite3
+import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import peewee
 
 from ..values import MediaFile, MediaRecord
-from .peewee_schema import _MEDIA_FIELDS, _aware_utc, _naive_utc
+from .peewee_schema import _MEDIA_FIELDS, MYSQL_OBJECT_KEY_BYTES, _aware_utc, _naive_utc
 
 # Columns an upsert leaves as they are when the new value is NULL: callbacks never carry them
 # (an imported job id or payload name, say) and must not erase what another source recorded.
@@ -50,7 +53,8 @@ class MediaStatements:
         def q(name: str) -> str:
             return f"{open_quote}{name}{close_quote}"
 
-        fields = model._meta.sorted_fields
+        # MySQL's generated copy of object_key is for its index alone: never read back.
+        fields = [f for f in model._meta.sorted_fields if f.column_name != MYSQL_OBJECT_KEY_BYTES]
         self._columns = [f.column_name for f in fields]
         table = q(model._meta.table_name)
         select_list = ", ".join(q(c) for c in self._columns)
@@ -59,6 +63,24 @@ class MediaStatements:
         self.get = self._select + f"{q('fingerprint')} = {p}"
         self._tiny_head = self._select + f"{q('tiny_fingerprint')} IN ("
         self._tiny: Dict[int, str] = {}
+        # tiny-fingerprints' answer needs only whether, and when, a record was confirmed.
+        self._confirmed_head = (f"SELECT {q('tiny_fingerprint')}, MAX({q('verified_at')}) FROM {table} "
+                                f"WHERE {q('workspace_id')} = {p} AND {q('tiny_fingerprint')} IN (")
+        self._confirmed_tail = f") GROUP BY {q('tiny_fingerprint')}"
+        self._confirmed: Dict[int, str] = {}
+        # Object keys in the byte order of their UTF-8 (see peewee_schema._build_models): MySQL
+        # compares the binary copy, with the bounds sent as bytes.
+        key = q(MYSQL_OBJECT_KEY_BYTES) if self._mysql else q("object_key")
+        self.supersede = (f"DELETE FROM {table} WHERE {q('workspace_id')} = {p} AND {key} = {p} "
+                          f"AND {q('fingerprint')} <> {p}")
+        self._by_key: Dict[Tuple[bool, bool], str] = {}
+        for after in (False, True):
+            for upto in (False, True):
+                self._by_key[after, upto] = (
+                    f"SELECT {select_list} FROM {table} WHERE {q('workspace_id')} = {p}"
+                    + (f" AND {key} > {p}" if after else "") + (f" AND {key} <= {p}" if upto else "")
+                    + f" ORDER BY {key} LIMIT {p}")
+        self.key_column = key
 
         # One converter per column (None: as the driver gives it).
         self._convert: List[Optional[Callable[[Any], Any]]] = []
@@ -76,10 +98,12 @@ class MediaStatements:
         self._converting = [(i, convert) for i, convert in enumerate(self._convert) if convert is not None]
         self._file_positions = [self._index[f.name] for f in dataclasses.fields(MediaFile)]
         self._record_positions = [self._index[name] for name in
-                                  ("workspace_id", "revision", "created_at", "updated_at", "verified_at")]
+                                  ("workspace_id", "revision", "created_at", "updated_at", "verified_at",
+                                   "etag", "size", "public_id")]
 
+        # public_id is given at insert and kept by every rewrite (it is in no assignment below).
         self._insert_columns = ("workspace_id", "fingerprint", *_MEDIA_FIELDS, "revision", "created_at",
-                                "updated_at")
+                                "updated_at", "public_id")
         columns = ", ".join(q(c) for c in self._insert_columns)
         values = ", ".join([p] * len(self._insert_columns))
         if self._mysql:
@@ -103,7 +127,8 @@ class MediaStatements:
         for c in (*_MEDIA_FIELDS, "updated_at"):
             value = f"COALESCE({new(c)}, {old(c)})" if c in _KEEP_WHEN_NULL else new(c)
             assignments.append(f"{q(c)} = {value}")
-        assignments.append(f"{q('verified_at')} = NULL")  # a rewritten object is unconfirmed
+        # A rewritten object is unconfirmed, and what storage said of the old bytes is void.
+        assignments += [f"{q(c)} = NULL" for c in ("verified_at", "etag", "size")]
         self.upsert = head + ", ".join(assignments)
         if self.returning:
             self.upsert += f" RETURNING {select_list}"
@@ -115,10 +140,29 @@ class MediaStatements:
             sql = self._tiny[count] = self._tiny_head + ", ".join([self._param] * count) + ")"
         return sql
 
+    def confirmations(self, count: int) -> str:
+        """(tiny fingerprint, latest verified_at) of ``count`` tiny fingerprints (kept per count)."""
+        sql = self._confirmed.get(count)
+        if sql is None:
+            sql = self._confirmed[count] = (self._confirmed_head + ", ".join([self._param] * count)
+                                            + self._confirmed_tail)
+        return sql
+
+    def by_object_key(self, after: bool, upto: bool) -> str:
+        """A workspace's records in key order: parameters workspace, [after], [upto], limit."""
+        return self._by_key[after, upto]
+
+    def key_param(self, object_key: str) -> Any:
+        """An object key as its comparisons take it (bytes for MySQL's binary copy)."""
+        return object_key.encode("utf-8") if self._mysql else object_key
+
     def upsert_params(self, workspace_id: str, file: MediaFile, now: _dt.datetime) -> Tuple[Any, ...]:
         values = [getattr(file, name) for name in _MEDIA_FIELDS]
         values[_CREATED_TIME] = _naive_utc(file.created_time)
-        return (workspace_id, file.fingerprint, *values, 1, now, now)
+        return (workspace_id, file.fingerprint, *values, 1, now, now, str(uuid.uuid4()))
+
+    def supersede_params(self, workspace_id: str, file: MediaFile) -> Tuple[Any, ...]:
+        return (workspace_id, self.key_param(file.object_key), file.fingerprint)
 
     def record(self, row: Sequence[Any]) -> MediaRecord:
         """A record from a row of the select list (every column, in model order)."""
@@ -126,9 +170,64 @@ class MediaStatements:
         for i, convert in self._converting:
             if values[i] is not None:
                 values[i] = convert(values[i])
-        workspace_id, revision, created_at, updated_at, verified_at = (values[i] for i in self._record_positions)
+        workspace_id, revision, created_at, updated_at, verified_at, etag, size, public_id = (
+            values[i] for i in self._record_positions)
         return MediaRecord(workspace_id, MediaFile(*[values[i] for i in self._file_positions]),
-                           revision, created_at, updated_at, verified_at)
+                           revision, created_at, updated_at, verified_at, etag, size, public_id)
+
+
+class TaskStatements:
+    """Leases and task state in the task table, timed by the database's clock: the processes
+    that share a lease may run on machines whose clocks disagree, the database is one clock
+    they all see. Each statement reads the clock when it runs (not when its transaction began)."""
+
+    def __init__(self, db: peewee.Database, model: Type[peewee.Model]) -> None:
+        p = db.param
+        open_quote, close_quote = db.quote[0], db.quote[-1]
+
+        def q(name: str) -> str:
+            return f"{open_quote}{name}{close_quote}"
+
+        # The clock as the column stores it (naive UTC), and that clock plus a parameter: a
+        # number of microseconds on PostgreSQL and MySQL, a modifier text on SQLite.
+        if isinstance(db, peewee.PostgresqlDatabase):
+            now = "(clock_timestamp() AT TIME ZONE 'UTC')"
+            later = f"({now} + {p} * INTERVAL '1 microsecond')"
+        elif isinstance(db, peewee.MySQLDatabase):
+            now = "UTC_TIMESTAMP(6)"
+            later = f"({now} + INTERVAL {p} MICROSECOND)"
+        else:
+            # Text like the other timestamps, to the millisecond: compared only with its like.
+            now = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+            later = f"strftime('%Y-%m-%d %H:%M:%f', 'now', {p})"
+        self._sqlite = isinstance(db, peewee.SqliteDatabase)
+        table = q(model._meta.table_name)
+        name, holder, until = q("name"), q("holder"), q("lease_until")
+        columns = f"({name}, {holder}, {until}, {q('state')}, {q('updated_at')})"
+        if isinstance(db, peewee.MySQLDatabase):
+            self.ensure = (f"INSERT INTO {table} {columns} VALUES ({p}, NULL, NULL, NULL, {now}) "
+                           f"ON DUPLICATE KEY UPDATE {name} = {name}")
+        else:
+            self.ensure = (f"INSERT INTO {table} {columns} VALUES ({p}, NULL, NULL, NULL, {now}) "
+                           f"ON CONFLICT ({name}) DO NOTHING")
+        # One UPDATE decides and takes: it reads the row's latest committed version under its
+        # row lock (PostgreSQL re-checks the condition after waiting for a concurrent writer,
+        # InnoDB's UPDATE reads the latest version, SQLite has one writer at a time).
+        # Parameters: holder, duration, name, holder.
+        self.take = (f"UPDATE {table} SET {holder} = {p}, {until} = {later}, {q('updated_at')} = {now} "
+                     f"WHERE {name} = {p} AND ({holder} = {p} OR {holder} IS NULL OR {until} IS NULL "
+                     f"OR {until} <= {now})")
+        self.release = (f"UPDATE {table} SET {holder} = NULL, {until} = NULL, {q('updated_at')} = {now} "
+                        f"WHERE {name} = {p} AND {holder} = {p}")
+        self.save_state = (f"UPDATE {table} SET {q('state')} = {p}, {q('updated_at')} = {now} "
+                           f"WHERE {name} = {p} AND {holder} = {p} AND {until} > {now}")
+        self.load_state = f"SELECT {q('state')} FROM {table} WHERE {name} = {p}"
+
+    def duration(self, seconds: float) -> Any:
+        """The parameter of ``take`` for a lease of ``seconds``."""
+        if self._sqlite:
+            return f"+{seconds:.6f} seconds"
+        return int(round(seconds * 1_000_000))
 
 
 _CREATED_TIME = _MEDIA_FIELDS.index("created_time")

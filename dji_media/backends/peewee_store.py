@@ -14,9 +14,11 @@ from __future__ import annotations
 import concurrent.futures
 import datetime as _dt
 import logging
+import math
 import random
 import threading
 import time
+import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar, cast
 
 import peewee
@@ -27,26 +29,30 @@ from playhouse.pool import (
 
 from ..errors import DatabaseUnavailable
 from ..interfaces import MediaStore
-from ..values import FileGroup, GroupReport, MediaFile, MediaRecord, SchemaMigration, utc_now
+from ..values import FileGroup, GroupReport, MediaFile, MediaRecord, ObjectInfo, SchemaMigration, utc_now
 from ._batching import ReadBatcher, WriteBatcher
 from ._blocking import BlockingRunner
 from .peewee_migrations import SchemaVersions
 from .peewee_schema import (  # noqa: F401 - open_database and _build_models are used by tests too
+    _INT64,
     _MEDIA_FIELDS,
     _MYSQL_COLLATIONS,
     CONFLICT_ATTEMPTS,
+    ETAG_LENGTH,
     POOL_WAIT_SECONDS,
     QUERY_CHUNK,
     _aware_utc,
     _build_models,
     _check_storable,
     _describe,
+    _driver_error,
     _naive_utc,
     _retryable,
     _storable,
+    object_key_index_name,
     open_database,
 )
-from .peewee_statements import MediaStatements
+from .peewee_statements import MediaStatements, TaskStatements
 
 log = logging.getLogger("dji_media.peewee")
 
@@ -64,6 +70,14 @@ class PeeweeMediaStore(MediaStore):
     :param max_workers: threads (and so connections) for reads; writes have one thread of their
         own. The pool for a URL holds max_workers + 1 connections.
     :param create_tables: create the schema when absent (on first use).
+
+    One object key, one record: ``upsert`` deletes the workspace's record of another
+    fingerprint at the same object key in its own transaction, and a unique (workspace_id,
+    object_key) index keeps it so whoever writes. Object keys are compared and ordered as the
+    bytes of their UTF-8, as S3 lists them (``records_by_object_key``; see
+    ``peewee_schema._build_models`` for how each engine does it). Leases and task state live in
+    the ``task`` table and are timed by the database's clock, so processes on machines whose
+    clocks disagree still agree on who holds a lease.
 
     Public, for a host application's own use of the store's database (its own queries, grants,
     backups, checks):
@@ -104,14 +118,15 @@ class PeeweeMediaStore(MediaStore):
         self._pooled = isinstance(self.db, PooledDatabase) and not isinstance(self.db, peewee.SqliteDatabase)
         # Model classes built at run time for this prefix: their columns are not declared types.
         models: Tuple[Any, ...] = _build_models(self.db, table_prefix)
-        self._schema, self._media, self._group = models
+        self._schema, self._media, self._group, self._task = models
         self._create_tables = create_tables
-        self._versions = SchemaVersions(self.db, (self._schema, self._media, self._group), table_prefix,
-                                        self._mysql_collation)
+        self._versions = SchemaVersions(self.db, models, table_prefix, self._mysql_collation)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._runner = BlockingRunner(executor=executor, max_workers=max_workers, name="dji-db")
         self._sql = MediaStatements(self.db, self._media)
+        self._tasks = TaskStatements(self.db, self._task)
+        self._object_key_index = object_key_index_name(self._media._meta.table_name)
         # Point reads made in one turn of the event loop share one trip to a pool thread.
         self._reads = ReadBatcher(self._fetch_many, self._run)
         # Writes go through one thread, in batches (one transaction, so one commit and one
@@ -177,8 +192,14 @@ class PeeweeMediaStore(MediaStore):
                         result = fn(*args)
                 else:
                     result = fn(*args)
-            except peewee.IntegrityError:
+            except peewee.IntegrityError as exc:
                 self._release_connection()
+                if self._object_key_race(exc) and attempt < CONFLICT_ATTEMPTS:
+                    # Another process inserted a record of the same object key after this
+                    # transaction's DELETE of it had looked: run it again (now it sees that one).
+                    time.sleep(random.uniform(0, 0.005 * attempt))
+                    attempt += 1
+                    continue
                 raise
             except MaxConnectionsExceeded as exc:
                 log.error("database error: no free pooled connection within %s s", POOL_WAIT_SECONDS)
@@ -213,6 +234,15 @@ class PeeweeMediaStore(MediaStore):
             self._release_connection()
             return result
 
+    def _object_key_race(self, exc: BaseException) -> bool:
+        """PostgreSQL: the (workspace_id, object_key) unique index refused a row because another
+        transaction committed one of that key meanwhile (READ COMMITTED let the upsert's DELETE
+        miss it). MySQL's DELETE locks what it reads (under REPEATABLE READ the gap too), so
+        there the race ends in a wait or in a deadlock, which is rerun anyway; SQLite has one
+        writer at a time."""
+        diag = getattr(_driver_error(exc), "diag", None)
+        return getattr(diag, "constraint_name", None) == self._object_key_index
+
     def _release_connection(self) -> None:
         """Return a pooled connection to the pool; other connections stay with their thread."""
         if self._pooled and not self.db.is_closed():
@@ -246,7 +276,9 @@ class PeeweeMediaStore(MediaStore):
         connection) and given back afterwards; with ``transaction``, one transaction, committed
         when ``fn`` returns and rolled back when it raises. Like the store's own work: a
         transaction the server aborts to resolve a deadlock or a serialization conflict is run
-        again (``CONFLICT_ATTEMPTS`` runs in all), so ``fn`` must be safe to rerun; any other
+        again (``CONFLICT_ATTEMPTS`` runs in all), as is one that a record another process
+        inserted meanwhile made break the unique (workspace_id, object_key) index (PostgreSQL
+        reports that race as an integrity error), so ``fn`` must be safe to rerun; any other
         database error closes the connection (it is never reused) and raises
         ``DatabaseUnavailable`` (on SQLite, after one more run on a fresh connection when the
         failed one was kept from earlier); ``peewee.IntegrityError`` and errors that are not the
@@ -258,9 +290,10 @@ class PeeweeMediaStore(MediaStore):
     @property
     def table_names(self) -> Dict[str, str]:
         """The store's tables on ``db``, by role: ``{"schema": ..., "media_file": ...,
-        "file_group": ...}``, each name being ``table_prefix`` + role. A new dict on each call."""
+        "file_group": ..., "task": ...}``, each name being ``table_prefix`` + role. A new dict
+        on each call."""
         return {"schema": self._schema._meta.table_name, "media_file": self._media._meta.table_name,
-                "file_group": self._group._meta.table_name}
+                "file_group": self._group._meta.table_name, "task": self._task._meta.table_name}
 
     async def _run(self, fn, *args):
         """A read, on one of the pool's threads (writes go through ``_write``)."""
@@ -330,11 +363,25 @@ class PeeweeMediaStore(MediaStore):
         return await self._run(fetch)
 
     def _upsert_one(self, workspace_id: str, file: MediaFile) -> MediaRecord:
-        cursor = self.db.execute_sql(self._sql.upsert,
-                                     self._sql.upsert_params(workspace_id, file, _naive_utc(utc_now())))
-        if not self._sql.returning:  # MySQL: read back in the same transaction
-            cursor = self.db.execute_sql(self._sql.get, (workspace_id, file.fingerprint))
-        return self._sql.record(cursor.fetchone())
+        row = None
+        for _ in range(2):
+            # One object key, one record: the object's bytes are this file's now, so a record
+            # of another fingerprint that names the same key goes, in the same transaction.
+            self.db.execute_sql(self._sql.supersede, self._sql.supersede_params(workspace_id, file))
+            cursor = self.db.execute_sql(self._sql.upsert,
+                                         self._sql.upsert_params(workspace_id, file, _naive_utc(utc_now())))
+            if not self._sql.returning:  # MySQL: read back in the same transaction
+                cursor = self.db.execute_sql(self._sql.get, (workspace_id, file.fingerprint))
+            row = cursor.fetchone()
+            if row is not None:
+                break
+            # MySQL only, and only under READ COMMITTED (REPEATABLE READ's DELETE locks the gap):
+            # a record of the key committed after the DELETE looked, and ON DUPLICATE KEY UPDATE,
+            # which takes any unique key, wrote this file into it. This transaction holds that
+            # row now: the next round deletes it and inserts this file's own.
+        if row is None:
+            raise DatabaseUnavailable("the media database is unavailable")
+        return self._sql.record(row)
 
     async def upsert(self, workspace_id: str, file: MediaFile) -> MediaRecord:
         _check_storable(workspace_id, file)
@@ -404,23 +451,36 @@ class PeeweeMediaStore(MediaStore):
         return await self._run(fetch)
 
     async def insert_missing(self, records: Sequence[MediaRecord]) -> List[bool]:
+        """See ``MediaStore.insert_missing``. One object key, one record here too: a record
+        whose (workspace, object key) a stored record of another fingerprint holds, or an
+        earlier record of the same call, is reported not inserted (the first wins), as a
+        record of a key already stored is. A record without ``public_id`` gets a new one."""
         m = self._media
         columns = ["workspace_id", "fingerprint", *_MEDIA_FIELDS, "revision", "created_at", "updated_at",
-                   "verified_at"]
+                   "verified_at", "etag", "size", "public_id"]
         # Each value as peewee would bind it; the SQL text is built once per call, not per
         # statement: peewee's query builder would cost more than the database does here.
         adapt = [m._meta.fields[c].db_value for c in columns]
         rows: Dict[Tuple[str, str], List[Any]] = {}  # the first record of each key
+        object_keys: Dict[Tuple[str, str], Any] = {}  # (workspace, object key) of each, as compared
+        taken: Set[Tuple[str, Any]] = set()
         for record in records:
             _check_storable(record.workspace_id, record.file)
             key = (record.workspace_id, record.file.fingerprint)
-            if key not in rows:
+            object_key = record.file.object_key
+            # None is not a key: the database refuses it (NOT NULL), and that error is raised.
+            place = (key[0], self._sql.key_param(object_key)) if isinstance(object_key, str) else None
+            if key not in rows and (place is None or place not in taken):
                 values = {name: getattr(record.file, name) for name in _MEDIA_FIELDS}
                 values.update(workspace_id=key[0], fingerprint=key[1], revision=record.revision,
                               created_time=_naive_utc(record.file.created_time),
                               created_at=_naive_utc(record.created_at), updated_at=_naive_utc(record.updated_at),
-                              verified_at=_naive_utc(record.verified_at))
+                              verified_at=_naive_utc(record.verified_at), etag=record.etag, size=record.size,
+                              public_id=record.public_id or str(uuid.uuid4()))
                 rows[key] = [convert(values[c]) for convert, c in zip(adapt, columns)]
+                if place is not None:
+                    object_keys[key] = place[1]
+                    taken.add(place)
         keys = list(rows)
         # Rows per INSERT: all their parameters stay within old SQLite builds' limit of 999.
         per_statement = max(1, 999 // len(columns))
@@ -432,8 +492,8 @@ class PeeweeMediaStore(MediaStore):
         table = q(m._meta.table_name)
         row_marks = "(" + ", ".join([param] * len(columns)) + ")"
         insert_head = f"INSERT INTO {table} ({', '.join(q(c) for c in columns)}) VALUES "
-        select_head = (f"SELECT {q('workspace_id')}, {q('fingerprint')} FROM {table} "
-                       f"WHERE {q('workspace_id')} = {param} AND {q('fingerprint')} IN ")
+        key_column = self._sql.key_column
+        select_head = (f"SELECT {q('fingerprint')}, {key_column} FROM {table} WHERE {q('workspace_id')} = {param} AND ")
 
         def attempt(chunk: List[Tuple[str, str]]) -> Optional[peewee.IntegrityError]:
             # Plain INSERTs in a savepoint rather than ON CONFLICT DO NOTHING / INSERT IGNORE: a
@@ -447,17 +507,28 @@ class PeeweeMediaStore(MediaStore):
             return None
 
         def stored(chunk: List[Tuple[str, str]], latest: bool = False) -> set:
-            by_workspace: Dict[str, List[str]] = {}
-            for workspace_id, fingerprint in chunk:
-                by_workspace.setdefault(workspace_id, []).append(fingerprint)
+            """The keys of the chunk that cannot go in: their fingerprint, or their object key
+            under another fingerprint, is stored."""
+            by_workspace: Dict[str, List[Tuple[str, str]]] = {}
+            for k in chunk:
+                by_workspace.setdefault(k[0], []).append(k)
             found: Set[Tuple[str, str]] = set()
-            for workspace_id, fingerprints in by_workspace.items():
-                sql = select_head + "(" + ", ".join([param] * len(fingerprints)) + ")"
+            for workspace_id, mine in by_workspace.items():
+                fingerprints = [k[1] for k in mine]
+                places = [object_keys[k] for k in mine if k in object_keys]
+                sql = select_head + f"({q('fingerprint')} IN (" + ", ".join([param] * len(fingerprints)) + ")"
+                if places:
+                    sql += f" OR {key_column} IN (" + ", ".join([param] * len(places)) + ")"
+                sql += ")"
                 if latest and self.db.for_update:
                     # A locking read sees rows committed after this transaction's snapshot
                     # (MySQL's REPEATABLE READ would not show them to a plain SELECT).
                     sql += " FOR UPDATE"
-                found.update(tuple(r) for r in self.db.execute_sql(sql, [workspace_id, *fingerprints]).fetchall())
+                present = self.db.execute_sql(sql, [workspace_id, *fingerprints, *places]).fetchall()
+                held_fingerprints = {row[0] for row in present}
+                held_places = {bytes(row[1]) if isinstance(row[1], (bytes, bytearray, memoryview)) else row[1]
+                               for row in present}
+                found.update(k for k in mine if k[1] in held_fingerprints or object_keys.get(k) in held_places)
             return found
 
         def write() -> set:
@@ -483,7 +554,7 @@ class PeeweeMediaStore(MediaStore):
             return inserted
 
         if not keys:
-            return []
+            return [False] * len(records)
         inserted = await self._write(write)
         result = []
         for record in records:
@@ -491,6 +562,163 @@ class PeeweeMediaStore(MediaStore):
             result.append(key in inserted)
             inserted.discard(key)  # later records with the same key were not inserted
         return result
+
+    # ------------------------------------------------------- storage truth (the sweep)
+
+    async def tiny_fingerprint_confirmations(
+        self, workspace_id: str, tiny_fingerprints: Sequence[str]
+    ) -> Dict[str, Optional[_dt.datetime]]:
+        # tiny-fingerprints' hot path: two columns a tiny fingerprint, grouped by the database,
+        # and no record built.
+        wanted = [t for t in dict.fromkeys(tiny_fingerprints) if _storable(t)]
+
+        def fetch() -> Dict[str, Optional[_dt.datetime]]:
+            found: Dict[str, Optional[_dt.datetime]] = {}
+            for start in range(0, len(wanted), QUERY_CHUNK):
+                chunk = wanted[start:start + QUERY_CHUNK]
+                cursor = self.db.execute_sql(self._sql.confirmations(len(chunk)), (workspace_id, *chunk))
+                for tiny, verified_at in cursor.fetchall():
+                    found[tiny] = _aware_utc(verified_at)
+            return found
+
+        if not wanted or not _storable(workspace_id):
+            return {}
+        return await self._run(fetch)
+
+    async def workspaces(self) -> List[str]:
+        m = self._media
+        q = self._versions.quote
+        table, column = q(m._meta.table_name), q("workspace_id")
+        if isinstance(self.db, peewee.MySQLDatabase):
+            # InnoDB reads one entry per workspace from the (workspace_id, ...) index.
+            sql = f"SELECT DISTINCT {column} FROM {table}"
+        else:
+            # Skip from one workspace to the next on the (workspace_id, fingerprint) index: a
+            # DISTINCT would read every row's entry there.
+            sql = (f"WITH RECURSIVE w(ws) AS (SELECT (SELECT {column} FROM {table} ORDER BY {column} LIMIT 1) "
+                   f"UNION ALL SELECT (SELECT {column} FROM {table} WHERE {column} > w.ws ORDER BY {column} "
+                   f"LIMIT 1) FROM w WHERE w.ws IS NOT NULL) SELECT ws FROM w WHERE ws IS NOT NULL")
+
+        def fetch() -> List[str]:
+            return sorted(row[0] for row in self.db.execute_sql(sql).fetchall())
+
+        return await self._run(fetch)
+
+    async def records_by_object_key(self, workspace_id: str, after: Optional[str], upto: Optional[str],
+                                    limit: int) -> List[MediaRecord]:
+        for bound in (after, upto):
+            if bound is not None and not _storable(bound):
+                raise ValueError("an object key bound must not contain the NUL character")
+        if limit <= 0 or not _storable(workspace_id):
+            return []
+        params: List[Any] = [workspace_id]
+        params += [self._sql.key_param(bound) for bound in (after, upto) if bound is not None]
+        params.append(limit)
+        sql = self._sql.by_object_key(after is not None, upto is not None)
+
+        def fetch() -> List[MediaRecord]:
+            return list(map(self._sql.record, self.db.execute_sql(sql, params).fetchall()))
+
+        return await self._run(fetch)
+
+    async def confirm(self, confirmations: Sequence[Tuple[MediaRecord, ObjectInfo]], when: _dt.datetime) -> None:
+        """See ``MediaStore.confirm``. ``etag`` and ``size`` are each recorded where the record
+        has none yet, so a first confirmation that knew only one of them leaves the other to a
+        later one; neither is ever overwritten. An ETag longer than the column (128) or a size
+        beyond 64 bits is not recorded (no S3 server sends one)."""
+        stamp = _naive_utc(when)
+        # Grouped by (workspace, revision), as mark_verified: one UPDATE covers many rows, and
+        # a row rewritten since it was read (a higher revision) is left alone.
+        groups: Dict[Tuple[str, int], List[Tuple[str, Optional[str], Optional[int]]]] = {}
+        for record, info in confirmations:
+            etag = info.etag if isinstance(info.etag, str) and len(info.etag) <= ETAG_LENGTH \
+                and _storable(info.etag) else None
+            size = info.size if isinstance(info.size, int) and info.size in _INT64 else None
+            groups.setdefault((record.workspace_id, record.revision), []).append(
+                (record.file.fingerprint, etag, size))
+        q, p = self._versions.quote, self.db.param
+        table = q(self._media._meta.table_name)
+        # Five parameters a record, within old SQLite builds' limit of 999 a statement.
+        per_statement = 150
+
+        def assignment(column: str, pairs: List[Tuple[str, Any]]) -> Tuple[str, List[Any]]:
+            if not pairs:
+                return "", []
+            cases = " ".join([f"WHEN {p} THEN {p}"] * len(pairs))
+            return (f", {q(column)} = COALESCE({q(column)}, CASE {q('fingerprint')} {cases} END)",
+                    [value for pair in pairs for value in pair])
+
+        statements: List[Tuple[str, List[Any]]] = []
+        for (workspace_id, revision), items in groups.items():
+            if not _storable(workspace_id):
+                continue
+            for start in range(0, len(items), per_statement):
+                chunk = items[start:start + per_statement]
+                fingerprints = [fp for fp, _, _ in chunk]
+                set_etag, etag_params = assignment("etag", [(fp, e) for fp, e, _ in chunk if e is not None])
+                set_size, size_params = assignment("size", [(fp, n) for fp, _, n in chunk if n is not None])
+                sql = (f"UPDATE {table} SET {q('verified_at')} = {p}{set_etag}{set_size} "
+                       f"WHERE {q('workspace_id')} = {p} AND {q('revision')} = {p} AND {q('fingerprint')} IN ("
+                       + ", ".join([p] * len(fingerprints)) + ")")
+                statements.append((sql, [stamp, *etag_params, *size_params, workspace_id, revision, *fingerprints]))
+
+        def write() -> None:
+            for sql, params in statements:
+                self.db.execute_sql(sql, params)
+
+        if statements:
+            await self._write(write)
+
+    @staticmethod
+    def _check_task(name: str, holder: Optional[str] = None) -> None:
+        # Names and holders come from code, not from requests: a wrong one is a bug to show.
+        if not (isinstance(name, str) and 0 < len(name) <= 64 and _storable(name)):
+            raise ValueError(f"task name must be 1 to 64 characters without NUL: {name!r}")
+        if holder is not None and not (isinstance(holder, str) and 0 < len(holder) <= 128 and _storable(holder)):
+            raise ValueError(f"lease holder must be 1 to 128 characters without NUL: {holder!r}")
+
+    async def acquire_lease(self, name: str, holder: str, seconds: float) -> bool:
+        """See ``MediaStore.acquire_lease``. Timed by the database's clock (one clock for every
+        machine; SQLite's is the machine's, to the millisecond): the row is made if missing,
+        then one UPDATE takes it only if it is free, expired or already the holder's."""
+        self._check_task(name, holder)
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"lease seconds must be a positive number: {seconds!r}")
+        tasks = self._tasks
+
+        def take() -> bool:
+            self.db.execute_sql(tasks.ensure, (name,))
+            cursor = self.db.execute_sql(tasks.take, (holder, tasks.duration(seconds), name, holder))
+            return cursor.rowcount > 0
+
+        return await self._write(take)
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        self._check_task(name, holder)
+
+        def release() -> None:
+            self.db.execute_sql(self._tasks.release, (name, holder))
+
+        await self._write(release)
+
+    async def load_task_state(self, name: str) -> Optional[str]:
+        self._check_task(name)
+
+        def load() -> Optional[str]:
+            row = self.db.execute_sql(self._tasks.load_state, (name,)).fetchone()
+            return row[0] if row else None
+
+        return await self._run(load)
+
+    async def save_task_state(self, name: str, holder: str, state: str) -> bool:
+        self._check_task(name, holder)
+        if not (isinstance(state, str) and _storable(state)):
+            raise ValueError("task state must be text without the NUL character")
+
+        def save() -> bool:
+            return self.db.execute_sql(self._tasks.save_state, (state, name, holder)).rowcount > 0
+
+        return await self._write(save)
 
     async def ping(self) -> None:
         s = self._schema
