@@ -36,13 +36,20 @@ def admin_fixture(database_url):
 
 @pytest.fixture(name="make_store")
 def make_store_fixture(engine, fresh_tables, io_loop):
-    """Stores on fresh tables (one prefix per call); their tables are dropped afterwards."""
+    """Stores on fresh tables (one prefix per call); their tables are dropped afterwards.
+    ``make_store(share=store)`` opens another store on ``store``'s tables instead, as another
+    process would."""
     made = []
+    tables = {}
 
-    def make(**options):
-        url, prefix = fresh_tables(engine)
+    def make(share=None, **options):
+        if share is not None:
+            url, prefix = tables[id(share)]
+        else:
+            url, prefix = fresh_tables(engine)
         options["table_prefix"] = prefix
         store = PeeweeMediaStore(url=url, **options)
+        tables[id(store)] = (url, prefix)
         made.append(store)
         return store
 

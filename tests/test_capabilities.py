@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence
 import pytest
 
 from dji_media import InMemoryMediaStore, PeeweeMediaStore
-from dji_media.capabilities import capabilities_of, has_capability, require_capability
+from dji_media.capabilities import FEATURES, capabilities_of, has_capability, require_capability
 from dji_media.errors import ConfigError, MissingCapability
 from dji_media.interfaces import MediaStore
 from dji_media.values import FileGroup, GroupReport, MediaFile, MediaRecord
@@ -40,9 +40,13 @@ def test_a_minimal_store_can_be_built_and_has_no_optional_capability():
 
 
 def test_shipped_stores_declare_what_they_implement(tmp_path):
-    assert set(capabilities_of(InMemoryMediaStore())) >= {"import", "confirmations"}
+    sweep = ["sweep_records", "sweep_confirm", "sweep_workspaces", "leases"]  # all the sweep asks of a store
+    assert capabilities_of(InMemoryMediaStore()) == ["import", "confirmations", *sweep]
     store = PeeweeMediaStore(url=f"sqlite:///{tmp_path}/m.sqlite3")
-    assert capabilities_of(store) == ["import", "confirmations", "migrations"]
+    assert capabilities_of(store) == ["import", "confirmations", "migrations", *sweep]
+    for backend in (InMemoryMediaStore, PeeweeMediaStore):
+        # The sweep's media-store half; "listing" is the object store's.
+        assert [name for name in FEATURES["sweep"] if not has_capability(backend, name)] == ["listing"]
 
 
 def test_missing_capability_names_the_feature_and_the_backend():

@@ -39,6 +39,17 @@ class TestMediaStores(MediaStoreContract):
         io_loop.run_sync(store.close)
 
     @pytest.fixture
+    def second_media_store(self, kind, media_store, sqlite_url, io_loop):
+        # SQLite: another store on the same file, as another worker process has. In memory,
+        # leases live in the store object, so the same one stands for both.
+        if kind == "memory":
+            yield media_store
+            return
+        store = PeeweeMediaStore(url=sqlite_url)
+        yield store
+        io_loop.run_sync(store.close)
+
+    @pytest.fixture
     def unreachable_media_store(self, kind, io_loop):
         if kind == "memory":
             store = InMemoryMediaStore()

@@ -73,6 +73,11 @@ class TestDatabaseMediaStores(MediaStoreContract):
         return make_store()
 
     @pytest.fixture
+    def second_media_store(self, make_store, media_store):
+        # Its own pool of connections to the same tables: leases must hold across processes.
+        return make_store(share=media_store)
+
+    @pytest.fixture
     def unreachable_media_store(self, engine, io_loop):
         # The same engine on port 1 of loopback: nothing listens, the connection is refused.
         url = {"postgresql": "postgresql://postgres@127.0.0.1:1/test",
@@ -231,16 +236,30 @@ async def test_schema_on_the_server(make_store, admin, engine):
         assert columns["created_at"][0] == "datetime(6)"
         assert columns["raw_json"][0] == "longtext"
         assert columns["id"][0].startswith("bigint")
+        # Version 4: the whole key in byte order, for the unique (workspace_id, object key) index.
+        assert columns["object_key_bytes"] == ("varbinary(1024)", None)
+        assert columns["etag"][0] == "varchar(128)" and columns["size"][0].startswith("bigint")
+        assert columns["public_id"][0] == "varchar(36)"
+        key = "object_key_bytes"
     else:
         rows = admin.execute_sql(
-            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = %s",
+            "SELECT column_name, data_type, collation_name FROM information_schema.columns WHERE table_name = %s",
             (table,)).fetchall()
-        columns = dict(rows)
+        columns = {name: kind for name, kind, _ in rows}
         assert columns["created_at"] == "timestamp without time zone"
         assert columns["id"] == "bigint" and columns["sub_file_type"] == "bigint"
-    indexes = {index.name: index.unique for index in admin.get_indexes(table)}
-    assert indexes[f"{table}_workspace_id_fingerprint"] is True
-    assert indexes[f"{table}_workspace_id_tiny_fingerprint"] is False
+        assert columns["size"] == "bigint" and columns["etag"] == columns["public_id"] == "character varying"
+        # Byte order for object keys whatever the database's collation (fingerprints keep it:
+        # equality is exact under any deterministic collation).
+        assert {name: collation for name, _, collation in rows}["object_key"] == "C"
+        key = "object_key"
+    indexes = {index.name: (index.unique, tuple(index.columns)) for index in admin.get_indexes(table)}
+    assert indexes[f"{table}_workspace_id_fingerprint"] == (True, ("workspace_id", "fingerprint"))
+    assert indexes[f"{table}_workspace_id_tiny_fingerprint"] == (False, ("workspace_id", "tiny_fingerprint"))
+    assert indexes[f"{table}_workspace_id_object_key"] == (True, ("workspace_id", key))
+    assert indexes[f"{table}_public_id"] == (True, ("public_id",))
+    assert {c.name: c.null for c in admin.get_columns(store.table_names["task"])} == {
+        "name": False, "holder": True, "lease_until": True, "state": True, "updated_at": False}
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -268,3 +287,52 @@ async def test_deadlock_victim_is_rerun(make_store):
     assert len(calls) == 3  # one of them ran twice
     names = {(await store.get("ws", fp)).file.name for fp in ("A", "B")}
     assert len(names) == 1  # the rerun one wrote both rows last
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_processes_writing_one_object_key_leave_one_record(make_store):
+    """Two stores (two processes' pools) write records of different fingerprints under the same
+    object keys at once. PostgreSQL's unique index refuses the second insert of a key whose
+    first is not yet committed when the second's DELETE looked (the unit of work is rerun and
+    then supersedes it); MySQL's DELETE locks the gap (a deadlock, rerun). Either way: one
+    record per key, and no caller sees an error."""
+    one = make_store()
+    two = make_store(share=one)
+    keys = [f"media/ws/race-{i}.jpg" for i in range(30)]
+    await asyncio.gather(*(store.upsert("ws", sample_file(f"{name}{i}", object_key=key))
+                           for i, key in enumerate(keys) for name, store in (("A", one), ("B", two))))
+    for i, key in enumerate(keys):
+        held = [fp for fp in (f"A{i}", f"B{i}") if await one.get("ws", fp) is not None]
+        assert len(held) == 1, (key, held)
+    assert [r.file.object_key for r in await two.records_by_object_key("ws", None, None, 100)] == sorted(keys)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_object_keys_in_byte_order_under_a_language_collation(engine, database_url, admin):
+    """PostgreSQL: in a database whose default collation sorts by language rules (ICU "en":
+    "a" before "B"), object keys still come in the byte order S3 lists them in."""
+    if engine != "postgresql":
+        pytest.skip("PostgreSQL only: MySQL compares the keys' bytes, whatever the collation")
+    name = f"dji_icu{uuid.uuid4().hex[:8]}"
+    try:
+        admin.execute_sql(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu "
+                          "ICU_LOCALE 'en' LOCALE 'C.UTF-8'")
+    except peewee.DatabaseError as exc:  # before PostgreSQL 15, or built without ICU
+        pytest.skip(f"cannot create a database with an ICU collation: {exc}")
+    store = PeeweeMediaStore(url=urlunsplit(urlsplit(database_url)._replace(path=f"/{name}")))
+    try:
+        keys = ["media/ws/b.jpg", "media/ws/B.jpg", "media/ws/a.jpg", "media/ws/A-1.jpg", "media/ws/\u00e9.jpg",
+                "media/ws/e.jpg", "media/ws/a/1.jpg", "media/ws/a-1.jpg"]
+        for i, key in enumerate(keys):
+            await store.upsert("ws", sample_file(f"F{i}", object_key=key))
+        got = [r.file.object_key for r in await store.records_by_object_key("ws", None, None, 100)]
+        assert got == sorted(keys, key=lambda k: k.encode("utf-8"))
+        sorted_by_language = await store.run_unit(lambda: [row[0] for row in store.db.execute_sql(
+            "SELECT x FROM unnest(%s::text[]) AS x ORDER BY x", (keys,)).fetchall()], transaction=False)
+        assert sorted_by_language != got  # the database's own order is not S3's
+        page = await store.records_by_object_key("ws", "media/ws/B.jpg", "media/ws/a/1.jpg", 100)
+        assert [r.file.object_key for r in page] == ["media/ws/a-1.jpg", "media/ws/a.jpg", "media/ws/a/1.jpg"]
+    finally:
+        await store.close()
+        admin.execute_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        admin.execute_sql(f"DROP DATABASE IF EXISTS {name}")

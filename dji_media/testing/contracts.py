@@ -12,6 +12,7 @@ Coroutine tests use pytest-tornado's ``gen_test`` marker.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as _dt
 import gc
 import os
@@ -23,7 +24,7 @@ import pytest
 
 from ..capabilities import has_capability
 from ..errors import DatabaseUnavailable, Forbidden, StorageUnavailable, Unauthenticated
-from ..values import GroupReport, MediaFile, MediaRecord
+from ..values import GroupReport, MediaFile, MediaRecord, ObjectInfo
 
 
 def sample_file(fingerprint: str = "7F78C9F1999425CB61F10E1FE206009E", **changes: Any) -> MediaFile:
@@ -66,7 +67,20 @@ class MediaStoreContract:
     """Fixtures required: ``media_store``, a fresh, empty MediaStore that has not yet been
     used (a store connects on first use; ``close()`` may be called twice: once by a test,
     once by the fixture); ``unreachable_media_store``, a store of the same kind whose
-    database cannot be reached (a refused port, a path that cannot be opened)."""
+    database cannot be reached (a refused port, a path that cannot be opened).
+
+    Optional: ``second_media_store``, another store on ``media_store``'s database, as another
+    process (another worker, another machine) would have one: the lease and task-state tests
+    take and refuse leases through both. The default is ``media_store`` itself, which suits a
+    store whose leases are in process memory (``InMemoryMediaStore``); a store on a database
+    should override it, so that the tests prove the lease is in the database. The storage
+    sweep's tests skip for a store without the capability they test
+    (``dji_media.capabilities``).
+    """
+
+    @pytest.fixture
+    def second_media_store(self, media_store):
+        return media_store
 
     @pytest.mark.gen_test
     async def test_get_unknown_is_none(self, media_store):
@@ -182,11 +196,13 @@ class MediaStoreContract:
 
     @staticmethod
     def _imported(fingerprint: str, workspace_id: str = "ws", **changes: Any) -> MediaRecord:
-        """A record as an import brings it: its own times, revision 1, never verified."""
+        """A record as an import brings it: its own times, revision 1, never verified, and a
+        public id of its own (one per workspace and fingerprint)."""
         return MediaRecord(
             workspace_id=workspace_id, file=sample_file(fingerprint, **changes), revision=1,
             created_at=_dt.datetime(2021, 3, 4, 5, 6, 7, 891000, tzinfo=_dt.timezone.utc),
             updated_at=_dt.datetime(2021, 3, 5, 6, 7, 8, 912000, tzinfo=_dt.timezone.utc),
+            public_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{workspace_id}/{fingerprint}")),
         )
 
     @pytest.mark.gen_test
@@ -300,6 +316,16 @@ class MediaStoreContract:
             await media_store.save_group("ws", GroupReport("g1", 2, 1))
             await media_store.get_group("ws", "g1")
             await media_store.ping()
+            await media_store.tiny_fingerprint_confirmations("ws", [stored.file.tiny_fingerprint])
+            if all(has_capability(media_store, name) for name in ("sweep_records", "sweep_confirm",
+                                                                 "sweep_workspaces", "leases")):
+                await media_store.workspaces()
+                await media_store.records_by_object_key("ws", None, None, 10)
+                await media_store.confirm([(stored, ObjectInfo(stored.file.object_key, "e", 1))], stored.updated_at)
+                await media_store.acquire_lease("sweep", "me", 30)
+                await media_store.save_task_state("sweep", "me", "{}")
+                await media_store.load_task_state("sweep")
+                await media_store.release_lease("sweep", "me")
             await media_store.forget(stored)
             await media_store.close()
             await media_store.close()  # a second close is harmless
@@ -308,6 +334,266 @@ class MediaStoreContract:
         assert leaked == []
         if before >= 0:
             assert _open_descriptors() <= before
+
+    # ---- one object key, one record; public ids; storage truth (the sweep)
+
+    @staticmethod
+    def _requires(store: Any, *capabilities: str) -> None:
+        missing = [name for name in capabilities if not has_capability(store, name)]
+        if missing:
+            pytest.skip(f"{type(store).__name__} lacks {', '.join(missing)} (dji_media.capabilities)")
+
+    @pytest.mark.gen_test
+    async def test_upsert_supersedes_another_fingerprint_of_the_same_object_key(self, media_store):
+        key = "media/ws/DJI_0001.JPG"
+        first = await media_store.upsert("ws", sample_file("OLD", object_key=key))
+        elsewhere = await media_store.upsert("ws-b", sample_file("OLD", object_key=key))
+        second = await media_store.upsert("ws", sample_file("NEW", object_key=key))
+        assert await media_store.get("ws", "OLD") is None  # its object holds NEW's bytes now
+        assert await media_store.find_by_tiny_fingerprints("ws", [first.file.tiny_fingerprint]) == []
+        assert first.file.tiny_fingerprint not in await media_store.tiny_fingerprint_confirmations(
+            "ws", [first.file.tiny_fingerprint])
+        assert (await media_store.get("ws", "NEW")).file == second.file
+        assert await media_store.get("ws-b", "OLD") == elsewhere  # another workspace's key
+        # A record moved to another key frees its old one, which another file then takes alone.
+        moved = await media_store.upsert("ws", sample_file("NEW", object_key=key + ".moved"))
+        third = await media_store.upsert("ws", sample_file("THIRD", object_key=key))
+        assert await media_store.get("ws", "NEW") == moved
+        assert await media_store.get("ws", "THIRD") == third
+        # The same fingerprint again at the same key is a rewrite, not a supersede.
+        again = await media_store.upsert("ws", sample_file("THIRD", object_key=key))
+        assert again.revision == third.revision + 1 and again.public_id == third.public_id
+
+    @pytest.mark.gen_test
+    async def test_concurrent_upserts_of_one_object_key_leave_one_record(self, media_store):
+        key = "media/ws/DJI_0002.JPG"
+        await asyncio.gather(*(media_store.upsert("ws", sample_file(f"C{i}", object_key=key,
+                                                                      tiny_fingerprint="shared_tiny"))
+                               for i in range(10)))
+        found = await media_store.find_by_tiny_fingerprints("ws", ["shared_tiny"])
+        assert len(found) == 1 and found[0].file.object_key == key
+
+    @pytest.mark.gen_test
+    async def test_public_id_is_unique_and_stable(self, media_store):
+        records = [await media_store.upsert("ws", sample_file(f"U{i}")) for i in range(20)]
+        records.append(await media_store.upsert("ws-b", sample_file("U0")))
+        ids = [r.public_id for r in records]
+        assert len(set(ids)) == len(ids)
+        assert all(isinstance(i, str) and uuid.UUID(i).version == 4 and str(uuid.UUID(i)) == i for i in ids)
+        assert (await media_store.get("ws", "U3")).public_id == ids[3]
+        found = await media_store.find_by_tiny_fingerprints("ws", [records[5].file.tiny_fingerprint])
+        assert [r.public_id for r in found] == [ids[5]]
+        rewritten = await media_store.upsert("ws", sample_file("U3", name="again.jpg"))
+        assert rewritten.public_id == ids[3] and rewritten.revision == records[3].revision + 1
+        # A record stored again after it was removed is another record: a new id.
+        await media_store.forget(rewritten)
+        assert (await media_store.upsert("ws", sample_file("U3"))).public_id not in ids
+        # Imports: a given id is kept, a record without one gets one.
+        given = self._imported("I1")
+        bare = dataclasses.replace(self._imported("I2"), public_id=None)
+        assert await media_store.insert_missing([given, bare]) == [True, True]
+        assert (await media_store.get("ws", "I1")).public_id == given.public_id
+        made = (await media_store.get("ws", "I2")).public_id
+        assert made is not None and made not in ids and uuid.UUID(made)
+
+    @pytest.mark.gen_test
+    async def test_rewrite_clears_etag_size_and_verified_at_and_keeps_public_id(self, media_store):
+        self._requires(media_store, "sweep_confirm")
+        when = _dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=_dt.timezone.utc)
+        first = await media_store.upsert("ws", sample_file("R1"))
+        assert (first.etag, first.size, first.verified_at) == (None, None, None)
+        await media_store.confirm([(first, ObjectInfo(first.file.object_key, "0123abcd", 4096))], when)
+        confirmed = await media_store.get("ws", "R1")
+        assert (confirmed.etag, confirmed.size, confirmed.verified_at) == ("0123abcd", 4096, when)
+        assert confirmed.public_id == first.public_id and confirmed.revision == first.revision
+        second = await media_store.upsert("ws", sample_file("R1"))
+        assert (second.etag, second.size, second.verified_at) == (None, None, None)
+        assert second.public_id == first.public_id
+        assert await media_store.get("ws", "R1") == second
+
+    @pytest.mark.gen_test
+    async def test_insert_missing_one_object_key_one_record(self, media_store):
+        key = "media/ws/DJI_0003.JPG"
+        stored = await media_store.upsert("ws", sample_file("S1", object_key=key + ".stored"))
+        result = await media_store.insert_missing([
+            self._imported("I1", object_key=key), self._imported("I2", object_key=key),  # the first wins
+            self._imported("I3", object_key=key + ".stored"),  # a stored record holds it
+            self._imported("I4", object_key=key, workspace_id="ws-b"),  # another workspace's key
+        ])
+        assert result == [True, False, False, True]
+        assert (await media_store.get("ws", "I1")).file.object_key == key
+        assert await media_store.get("ws", "I2") is None and await media_store.get("ws", "I3") is None
+        assert await media_store.get("ws", "S1") == stored
+
+    @pytest.mark.gen_test
+    async def test_tiny_fingerprint_confirmations(self, media_store):
+        t1, t2 = (_dt.datetime(2026, 1, 2, 3, 4, s, 5000, tzinfo=_dt.timezone.utc) for s in (5, 6))
+        assert await media_store.tiny_fingerprint_confirmations("ws", []) == {}
+        assert await media_store.tiny_fingerprint_confirmations("ws", ["unknown_1_2_3"]) == {}
+        alone = await media_store.upsert("ws", sample_file("T1"))
+        # Two records share a tiny fingerprint: the latest confirmation of either counts.
+        a = await media_store.upsert("ws", sample_file("T2", tiny_fingerprint="shared_2022_1_1_0_0_0"))
+        b = await media_store.upsert("ws", sample_file("T3", tiny_fingerprint="shared_2022_1_1_0_0_0"))
+        await media_store.upsert("ws-b", sample_file("T4", tiny_fingerprint="other_2022_1_1_0_0_0"))
+        wanted = [alone.file.tiny_fingerprint, "shared_2022_1_1_0_0_0", "other_2022_1_1_0_0_0", "nope"]
+        assert await media_store.tiny_fingerprint_confirmations("ws", wanted) == {
+            alone.file.tiny_fingerprint: None, "shared_2022_1_1_0_0_0": None}
+        await media_store.mark_verified([b], t1)
+        assert (await media_store.tiny_fingerprint_confirmations("ws", wanted))["shared_2022_1_1_0_0_0"] == t1
+        await media_store.mark_verified([a], t2)
+        await media_store.mark_verified([alone], t1)
+        found = await media_store.tiny_fingerprint_confirmations("ws", wanted + wanted)
+        assert found == {alone.file.tiny_fingerprint: t1, "shared_2022_1_1_0_0_0": t2}
+        assert all(when.utcoffset() == _dt.timedelta(0) for when in found.values())
+        # More than one query chunk's worth.
+        many = [f"x{i}" for i in range(1200)] + [alone.file.tiny_fingerprint]
+        assert await media_store.tiny_fingerprint_confirmations("ws", many) == {alone.file.tiny_fingerprint: t1}
+
+    @pytest.mark.gen_test
+    async def test_workspaces(self, media_store):
+        self._requires(media_store, "sweep_workspaces")
+        assert await media_store.workspaces() == []
+        stored: Dict[str, MediaRecord] = {}
+        for workspace_id in ("ws-b", "ws-a", "ws-a", "WS-Z", "ws-c"):
+            stored[workspace_id] = await media_store.upsert(workspace_id, sample_file(f"W{len(stored)}"))
+        assert await media_store.workspaces() == ["WS-Z", "ws-a", "ws-b", "ws-c"]
+        await media_store.forget(stored["ws-b"])
+        assert await media_store.workspaces() == ["WS-Z", "ws-a", "ws-c"]
+
+    # Object keys whose byte order (UTF-8, as S3 lists them) differs from other orders: case,
+    # "/" against "-" and "0", accents, a character beyond the BMP (before U+FF21 in UTF-16).
+    _KEY_NAMES = ("a.jpg", "A.JPG", "Z.jpg", "b", "b/c.jpg", "b-c.jpg", "b0.jpg", "\u00e9.jpg", "e.jpg",
+                  "\uff21.jpg", "\U0001F681.jpg", "~.jpg", "\u822a\u62cd/1.JPG", "DJI_0001.JPG")
+
+    @pytest.mark.gen_test
+    async def test_records_by_object_key_in_byte_order(self, media_store):
+        self._requires(media_store, "sweep_records")
+        prefix = "media/ws/"
+        keys = [prefix + name for name in self._KEY_NAMES]
+        for i, key in enumerate(keys):
+            await media_store.upsert("ws", sample_file(f"K{i:02d}", object_key=key))
+            await media_store.upsert("ws-other", sample_file(f"K{i:02d}", object_key=key))
+        expected = sorted(keys, key=lambda k: k.encode("utf-8"))
+
+        async def listed(after, upto, limit=100):
+            records = await media_store.records_by_object_key("ws", after, upto, limit)
+            assert all(r.workspace_id == "ws" for r in records)
+            return [r.file.object_key for r in records]
+
+        assert await listed(None, None) == expected
+        full = await media_store.records_by_object_key("ws", None, None, 100)
+        assert full[0] == await media_store.get("ws", full[0].file.fingerprint)  # whole records
+        assert await listed(expected[3], expected[8]) == expected[4:9]  # (after, upto]
+        assert await listed(expected[3], None) == expected[4:]
+        assert await listed(None, expected[2]) == expected[:3]
+        assert await listed(expected[-1], None) == []
+        assert await listed("media/ws/b", "media/ws/b") == []
+        # Bounds need not be stored keys: the listing's own keys are what the sweep passes.
+        assert await listed("media/ws/b/", "media/ws/b/zzz") == [prefix + "b/c.jpg"]
+        assert await listed("media/", "media/ws") == []
+        # Pages of a limit, each after the last key of the one before.
+        paged, after = [], None
+        while True:
+            page = await listed(after, None, limit=4)
+            paged += page
+            if len(page) < 4:
+                break
+            after = page[-1]
+        assert paged == expected
+        assert await listed(None, None, limit=0) == []
+        assert await media_store.records_by_object_key("nobody", None, None, 10) == []
+
+    @pytest.mark.gen_test
+    async def test_confirm_records_the_first_etag_and_size_only(self, media_store):
+        self._requires(media_store, "sweep_confirm")
+        t1, t2, t3 = (_dt.datetime(2026, 1, 2, 3, 4, s, 123456, tzinfo=_dt.timezone.utc) for s in (5, 6, 7))
+        record = await media_store.upsert("ws", sample_file("C1"))
+        key = record.file.object_key
+        await media_store.confirm([(record, ObjectInfo(key, "etag-1", 100))], t1)
+        got = await media_store.get("ws", "C1")
+        assert (got.verified_at, got.etag, got.size, got.revision) == (t1, "etag-1", 100, record.revision)
+        # A later confirmation moves verified_at and never overwrites what the first recorded.
+        await media_store.confirm([(record, ObjectInfo(key, "etag-2", 200))], t2)
+        got = await media_store.get("ws", "C1")
+        assert (got.verified_at, got.etag, got.size) == (t2, "etag-1", 100)
+        # A store that could tell only the size records that; the ETag waits for one that can.
+        other = await media_store.upsert("ws", sample_file("C2"))
+        await media_store.confirm([(other, ObjectInfo(other.file.object_key, None, 7))], t1)
+        await media_store.confirm([(other, ObjectInfo(other.file.object_key, "etag-3", 8))], t2)
+        got = await media_store.get("ws", "C2")
+        assert (got.verified_at, got.etag, got.size) == (t2, "etag-3", 7)
+        # A record rewritten since it was read is not confirmed.
+        rewritten = await media_store.upsert("ws", sample_file("C1"))
+        await media_store.confirm([(record, ObjectInfo(key, "etag-1", 100))], t3)
+        assert await media_store.get("ws", "C1") == rewritten
+        assert (rewritten.verified_at, rewritten.etag, rewritten.size) == (None, None, None)
+        await media_store.confirm([], t3)
+
+    @pytest.mark.gen_test(timeout=120)
+    async def test_confirm_many(self, media_store):
+        self._requires(media_store, "sweep_confirm")
+        when = _dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=_dt.timezone.utc)
+        records = [await media_store.upsert("ws", sample_file(f"M{i}")) for i in range(400)]
+        records.append(await media_store.upsert("ws-b", sample_file("M0")))
+        await media_store.confirm([(r, ObjectInfo(r.file.object_key, f"etag-{i}", i)) for i, r in enumerate(records)],
+                                  when)
+        for i, r in enumerate(records):
+            got = await media_store.get(r.workspace_id, r.file.fingerprint)
+            assert (got.verified_at, got.etag, got.size) == (when, f"etag-{i}", i)
+
+    @pytest.mark.gen_test(timeout=30)
+    async def test_leases(self, media_store, second_media_store):
+        self._requires(media_store, "leases")
+        one, two = media_store, second_media_store
+        assert await one.acquire_lease("sweep", "host-a", 30) is True
+        assert await two.acquire_lease("sweep", "host-b", 30) is False  # held by another
+        assert await one.acquire_lease("sweep", "host-a", 30) is True  # extended by its holder
+        assert await two.acquire_lease("other-task", "host-b", 30) is True  # another lease
+        await two.release_lease("sweep", "host-b")  # not its lease: left alone
+        assert await two.acquire_lease("sweep", "host-b", 30) is False
+        await one.release_lease("sweep", "host-a")
+        assert await two.acquire_lease("sweep", "host-b", 30) is True
+        assert await one.acquire_lease("sweep", "host-a", 30) is False
+        # An expired lease is free for the taking.
+        assert await one.acquire_lease("short", "host-a", 0.3) is True
+        assert await two.acquire_lease("short", "host-b", 30) is False
+        await asyncio.sleep(0.6)
+        assert await two.acquire_lease("short", "host-b", 30) is True
+        assert await one.acquire_lease("short", "host-a", 30) is False
+
+    @pytest.mark.gen_test(timeout=30)
+    async def test_a_lease_has_one_holder_among_many_contenders(self, media_store, second_media_store):
+        self._requires(media_store, "leases")
+        # Each store opens its database first, one after the other: the race under test is the
+        # lease's, not two processes' first connection to a new database.
+        for store in (media_store, second_media_store):
+            assert await store.load_task_state("contended") is None
+        taken = await asyncio.gather(*((media_store, second_media_store)[i % 2].acquire_lease(
+            "contended", f"holder-{i}", 30) for i in range(12)))
+        assert taken.count(True) == 1
+
+    @pytest.mark.gen_test(timeout=30)
+    async def test_task_state_is_saved_only_by_the_lease_holder(self, media_store, second_media_store):
+        self._requires(media_store, "leases")
+        one, two = media_store, second_media_store
+        assert await one.load_task_state("sweep") is None
+        assert await one.save_task_state("sweep", "host-a", "nobody holds it") is False
+        assert await one.acquire_lease("sweep", "host-a", 30) is True
+        state = '{"workspace": "ws", "after": "media/ws/\u822a\u62cd/1.JPG"}' + "x" * 70_000
+        assert await one.save_task_state("sweep", "host-a", state) is True
+        assert await two.load_task_state("sweep") == state
+        assert await two.save_task_state("sweep", "host-b", "not the holder") is False
+        assert await two.load_task_state("sweep") == state
+        await one.release_lease("sweep", "host-a")
+        assert await one.save_task_state("sweep", "host-a", "lease given up") is False
+        assert await two.acquire_lease("sweep", "host-b", 30) is True
+        assert await two.save_task_state("sweep", "host-b", "") is True
+        assert await one.load_task_state("sweep") == ""
+        # An expired lease saves nothing either.
+        assert await one.acquire_lease("brief", "host-a", 0.3) is True
+        await asyncio.sleep(0.6)
+        assert await one.save_task_state("brief", "host-a", "too late") is False
+        assert await one.load_task_state("brief") is None
 
 
 class ObjectStoreContract:
