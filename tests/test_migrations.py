@@ -1,13 +1,14 @@
-"""Schema versions: a database at the first released schema (version 1), or at version 2,
+"""Schema versions: a database at the first released schema (version 1), or at version 2 or 3,
 filled with records covering the edge cases, upgraded by `dji-media migrate`, keeps every record
-and group; a store, `serve` and `check` refuse a database at another version with one line saying
-what to run.
+and group (version 4 gives each record a public id and keeps one record per object key); a
+store, `serve` and `check` refuse a database at another version with one line saying what to run.
 
 Version 1's tables come from tests/schema_v1/<engine>.sql: DDL frozen from the models of commit
 69384d1 (tests/schema_v1/generate.py wrote it, and says how), not from today's models, so that a
 change to the models cannot change what is being upgraded. Version 2's are version 1's with
-step 2 of ``peewee_migrations.STEPS`` applied: what every version 2 database is (a new one of
-that release had the same tables, tests/test_migrations.py compared them then).
+step 2 of ``peewee_migrations.STEPS`` applied, version 3's version 2's with step 3: what every
+version 2 or 3 database is (a new one of those releases had the same tables,
+tests/test_migrations.py compared them then).
 
 SQLite always; PostgreSQL and MariaDB/MySQL when DJI_MEDIA_TEST_POSTGRES_URL /
 DJI_MEDIA_TEST_MYSQL_URL are set (as in tests/test_databases.py). Each test uses tables of its
@@ -20,11 +21,13 @@ import dataclasses
 import datetime as _dt
 import os
 import re
+import uuid
 
+import peewee
 import pytest
 
 from dji_media import PeeweeMediaStore
-from dji_media.backends.peewee_migrations import STEPS, SchemaVersions
+from dji_media.backends.peewee_migrations import PUBLIC_ID_BATCH, STEPS, SchemaVersions
 from dji_media.backends.peewee_schema import _MYSQL_COLLATIONS, SCHEMA_VERSION, _build_models, open_database
 from dji_media.errors import SchemaMismatch
 from dji_media.testing.contracts import sample_file
@@ -32,8 +35,8 @@ from dji_media.values import FileGroup, MediaFile, MediaRecord
 from support import ENGINES, TESTS, database_url_for, drop_store_tables, new_table_prefix, run_cli, write_config
 
 UTC = _dt.timezone.utc
-NEEDS_3 = "database schema is version 1, this dji_media needs 3: run `dji-media migrate --config <file>`"
-NEWER = "database schema is version 4, newer than this dji_media understands (3): upgrade dji_media"
+NEEDS_4 = "database schema is version 1, this dji_media needs 4: run `dji-media migrate --config <file>`"
+NEWER = "database schema is version 5, newer than this dji_media understands (4): upgrade dji_media"
 # The media columns of version 1 (commit 69384d1's _MEDIA_FIELDS), written when filling it.
 V1_FIELDS = (
     "tiny_fingerprint", "object_key", "name", "path", "sub_file_type", "file_group_id",
@@ -41,8 +44,9 @@ V1_FIELDS = (
     "absolute_altitude", "relative_altitude", "created_time", "created_time_text", "shoot_lat",
     "shoot_lng", "raw_json",
 )
-# Version 2's (commit 0eba3a8): job_id added.
+# Version 2's (commit 0eba3a8): job_id added; version 3's: payload_name.
 V2_FIELDS = (*V1_FIELDS, "job_id")
+V3_FIELDS = (*V2_FIELDS, "payload_name")
 
 
 class Database:
@@ -90,14 +94,19 @@ class Database:
             if statement.strip():
                 self.admin.execute_sql(statement)
 
-    def create_v2(self, prefix: str) -> None:
-        """Version 2's tables: version 1's, upgraded by step 2 as version 2's ``migrate`` did."""
+    def create_v2(self, prefix: str, version: int = 2) -> None:
+        """Version 2's tables (or ``version``'s): version 1's, upgraded step by step as each
+        release's ``migrate`` did."""
         self.create_v1(prefix)
         versions = self.versions(prefix)
-        with versions.exclusive():
-            for change in STEPS[0].changes(versions):
-                change.apply()
-        self.sql(f"UPDATE `{prefix}schema` SET `version` = 2")
+        for step in STEPS[:version - 1]:
+            with versions.exclusive():
+                for change in step.changes(versions):
+                    change.apply()
+        self.sql(f"UPDATE `{prefix}schema` SET `version` = {version}")
+
+    def create_v3(self, prefix: str) -> None:
+        self.create_v2(prefix, version=3)
 
     def close(self) -> None:
         for prefix in self.prefixes:
@@ -170,7 +179,7 @@ def edge_groups():
 
 def fill_v1(db: Database, prefix: str, records, groups, fields=V1_FIELDS) -> None:
     """Rows of the columns ``fields`` (an older version's), written as that version wrote them."""
-    _schema, media, group = _build_models(db.admin, prefix)
+    _schema, media, group, _task = _build_models(db.admin, prefix)
 
     def naive(value):
         return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
@@ -194,8 +203,11 @@ def shape(db: Database, prefix: str):
     """The tables as the engine describes them, table prefix left out: columns, indexes and, on
     MySQL, the whole CREATE TABLE (collations, index prefix lengths)."""
     described = {}
-    for name in ("schema", "media_file", "file_group"):
+    for name in ("schema", "media_file", "file_group", "task"):
         table = prefix + name
+        if not db.versions(prefix).table_exists(table):  # task: version 4's
+            described[name] = None
+            continue
         columns = [(c.name, c.data_type.lower(), c.null, c.primary_key) for c in db.admin.get_columns(table)]
         indexes = sorted((i.name.replace(prefix, "<p>"), tuple(i.columns), i.unique,
                           i.sql.replace(prefix, "<p>") if db.engine == "postgresql" else None)
@@ -208,13 +220,50 @@ def shape(db: Database, prefix: str):
     return described
 
 
+def v4_lines(db: Database, prefix: str, rows: int, duplicates: int = 0):
+    """The lines of step 3 -> 4 for a table of ``rows`` records (before duplicates go), ``duplicates`` of
+    which share their object key with a more recently updated record."""
+    table = f"{prefix}media_file"
+    index = f"{table}_workspace_id_object_key"
+    if db.engine == "mysql":
+        unique = (f"add column object_key_bytes VARBINARY(1024) AS (CAST(object_key AS BINARY)) STORED to {table}, "
+                  f"and replace index {index} (workspace_id, object_key(191)) with a unique index on "
+                  f"(workspace_id, object_key_bytes)")
+    else:
+        unique = f"make index {index} on {table} (workspace_id, object_key) unique"
+        if db.engine == "postgresql":
+            unique += ', object_key in byte order (COLLATE "C")'
+    return [f"  3 -> 4: {line}" for line in (
+        f"add column etag VARCHAR(128) NULL to {table}",
+        f"add column size BIGINT NULL to {table}",
+        f"one record per (workspace_id, object_key) in {table}: delete {duplicates} record(s) whose object key "
+        "a more recently updated record holds" + ("" if duplicates else " (already there)"),
+        f"add column public_id VARCHAR(36) NULL to {table}",
+        f"fill public_id of {rows} row(s) with new UUID4s, {PUBLIC_ID_BATCH} rows per statement",
+        "make public_id NOT NULL, with a database-made UUID as default"
+        + (f" (SQLite: {table} is copied into a new table)" if db.engine == "sqlite" else ""),
+        f"create unique index {table}_public_id on {table} (public_id)",
+        unique,
+        f"create table {prefix}task (leases and task state)",
+    )]
+
+
 def version_rows(db: Database, prefix: str):
     return [row[0] for row in db.sql(f"SELECT `version` FROM `{prefix}schema`")]
 
 
+def is_uuid4(text) -> bool:
+    return isinstance(text, str) and str(uuid.UUID(text)) == text and uuid.UUID(text).version == 4
+
+
 async def assert_holds(store: PeeweeMediaStore, records, groups) -> None:
+    """Every record as it was, with a public id of its own (given by version 4), and every group."""
+    public_ids = set()
     for r in records:
-        assert await store.get(r.workspace_id, r.file.fingerprint) == r, r.file.fingerprint
+        got = await store.get(r.workspace_id, r.file.fingerprint)
+        assert got is not None and dataclasses.replace(got, public_id=None) == r, r.file.fingerprint
+        assert is_uuid4(got.public_id) and got.public_id not in public_ids
+        public_ids.add(got.public_id)
     for workspace_id in {r.workspace_id for r in records}:
         mine = [r for r in records if r.workspace_id == workspace_id]
         found = await store.find_by_tiny_fingerprints(workspace_id, [r.file.tiny_fingerprint for r in mine
@@ -239,16 +288,19 @@ async def test_migrate_keeps_every_record_of_a_version_1_database(database):
     assert done.returncode == 0, done.stderr
     table = f"{prefix}media_file"
     assert done.stdout.splitlines()[1:] == [
-        "schema: version 1; this dji_media works with version 3",
+        "schema: version 1; this dji_media works with version 4",
         f"  1 -> 2: add column job_id VARCHAR(128) NULL to {table}",
         f"  1 -> 2: create index {table}_workspace_id_object_key on {table} (workspace_id, object_key"
         + ("(191))" if database.engine == "mysql" else ")"),
         f"  2 -> 3: add column payload_name VARCHAR(128) NULL to {table}",
-        "migrated: schema version 3",
+        *v4_lines(database, prefix, len(records)),
+        "migrated: schema version 4",
     ]
-    assert version_rows(database, prefix) == [3]
-    assert database.versions(prefix).has_index(table, ("workspace_id", "object_key"))
-    count = database.sql(f"SELECT COUNT(*) FROM `{table}` WHERE `job_id` IS NULL AND `payload_name` IS NULL")[0][0]
+    assert version_rows(database, prefix) == [4]
+    key = "object_key_bytes" if database.engine == "mysql" else "object_key"
+    assert database.versions(prefix).has_index(table, ("workspace_id", key), unique=True)
+    count = database.sql(f"SELECT COUNT(*) FROM `{table}` WHERE `job_id` IS NULL AND `payload_name` IS NULL "
+                         "AND `etag` IS NULL AND `size` IS NULL")[0][0]
     assert count == database.sql(f"SELECT COUNT(*) FROM `{table}`")[0][0] == len(records)
 
     # Exactly the tables a new database of this release gets.
@@ -272,9 +324,9 @@ async def test_migrate_keeps_every_record_of_a_version_1_database(database):
 
     again = run_cli("migrate", "--config", config)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.splitlines()[1:] == ["schema: version 3; this dji_media works with version 3",
+    assert again.stdout.splitlines()[1:] == ["schema: version 4; this dji_media works with version 4",
                                              "up to date: nothing to do"]
-    assert version_rows(database, prefix) == [3]
+    assert version_rows(database, prefix) == [4]
     assert shape(database, prefix) == shape(database, fresh)
 
 
@@ -292,9 +344,13 @@ async def test_migrate_keeps_every_record_of_a_version_2_database(database):
     dry = run_cli("migrate", "--config", config, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     table = f"{prefix}media_file"
+    v4 = v4_lines(database, prefix, len(records))
+    # Only the next step's changes can be there already: the dry run says so of none later.
+    v4[2] = v4[2].replace(" (already there)", "")
     assert dry.stdout.splitlines()[1:] == [
-        "schema: version 2; this dji_media works with version 3",
+        "schema: version 2; this dji_media works with version 4",
         f"  2 -> 3: add column payload_name VARCHAR(128) NULL to {table}",
+        *v4,
         "dry run: nothing was changed",
     ]
     assert version_rows(database, prefix) == [2]
@@ -303,8 +359,9 @@ async def test_migrate_keeps_every_record_of_a_version_2_database(database):
     done = run_cli("migrate", "--config", config)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[2:] == [f"  2 -> 3: add column payload_name VARCHAR(128) NULL to {table}",
-                                            "migrated: schema version 3"]
-    assert version_rows(database, prefix) == [3]
+                                            *v4_lines(database, prefix, len(records)),
+                                            "migrated: schema version 4"]
+    assert version_rows(database, prefix) == [4]
     fresh = database.prefix()
     store = database.store(fresh)
     await store.ping()
@@ -333,10 +390,11 @@ async def test_dry_run_changes_nothing(database):
     dry = run_cli("migrate", "--config", database.config(prefix), "--dry-run")
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
-    assert lines[1] == "schema: version 1; this dji_media works with version 3"
+    assert lines[1] == "schema: version 1; this dji_media works with version 4"
     assert lines[2].startswith("  1 -> 2: add column job_id") and lines[3].startswith("  1 -> 2: create index")
     assert lines[4].startswith("  2 -> 3: add column payload_name")
-    assert lines[5:] == ["dry run: nothing was changed"]
+    assert lines[5:-1] == [line.replace(" (already there)", "") for line in v4_lines(database, prefix, 3)]
+    assert lines[-1] == "dry run: nothing was changed"
     assert shape(database, prefix) == before
     assert version_rows(database, prefix) == [1]
     assert not database.versions(prefix).has_column(f"{prefix}media_file", "job_id")
@@ -357,7 +415,7 @@ async def test_stores_refuse_other_versions_until_migrated(database):
     try:
         with pytest.raises(SchemaMismatch) as refused:
             await store.ping()
-        assert refused.value.message == NEEDS_3 and (refused.value.found, refused.value.needed) == (1, 3)
+        assert refused.value.message == NEEDS_4 and (refused.value.found, refused.value.needed) == (1, 4)
         with pytest.raises(SchemaMismatch):  # every unit of work, reads too
             await store.get("ws-a", sample_file().fingerprint)
         assert version_rows(database, old) == [1]  # a refusal writes nothing
@@ -375,7 +433,7 @@ async def test_stores_refuse_other_versions_until_migrated(database):
             result = await migrator.migrate()
         finally:
             await migrator.close()
-        assert (result.found, result.target, len(result.steps)) == (1, 3, 3)
+        assert (result.found, result.target, len(result.steps)) == (1, 4, 3 + len(v4_lines(database, old, 2)))
         await store.ping()
         assert (await store.get("ws-a", sample_file().fingerprint)).file.job_id is None
     finally:
@@ -385,7 +443,7 @@ async def test_stores_refuse_other_versions_until_migrated(database):
     store = database.store(new)
     await store.ping()
     await store.close()
-    database.sql(f"UPDATE `{new}schema` SET `version` = 4")
+    database.sql(f"UPDATE `{new}schema` SET `version` = 5")
     store = database.store(new)
     try:
         with pytest.raises(SchemaMismatch) as refused:
@@ -393,7 +451,7 @@ async def test_stores_refuse_other_versions_until_migrated(database):
         assert refused.value.message == NEWER
         with pytest.raises(SchemaMismatch):  # migrate does not downgrade
             await store.migrate()
-        assert version_rows(database, new) == [4]
+        assert version_rows(database, new) == [5]
     finally:
         await store.close()
 
@@ -418,7 +476,7 @@ async def test_a_step_cut_short_is_finished(database):
         assert result.steps[0] == f"record version 1 in {prefix}schema (the row is missing)"
         assert result.steps[1].endswith("(already there)") and not result.steps[2].endswith("(already there)")
         assert not result.steps[3].endswith("(already there)")
-        assert version_rows(database, prefix) == [3]
+        assert version_rows(database, prefix) == [4]
         await store.ping()
     finally:
         await store.close()
@@ -456,7 +514,7 @@ async def test_a_failed_step_says_why_and_a_rerun_finishes(database):
     done = run_cli("migrate", "--config", config)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[2].endswith(" (already there)") is mysql
-    assert version_rows(database, prefix) == [3]
+    assert version_rows(database, prefix) == [4]
     store = database.store(prefix)
     try:
         await assert_holds(store, edge_records()[:3], [])
@@ -476,7 +534,8 @@ async def test_servers_starting_together_on_an_empty_database(database):
         for store in stores:
             await store.close()
     assert version_rows(database, prefix) == [SCHEMA_VERSION]
-    assert database.versions(prefix).has_index(f"{prefix}media_file", ("workspace_id", "object_key"))
+    key = "object_key_bytes" if database.engine == "mysql" else "object_key"
+    assert database.versions(prefix).has_index(f"{prefix}media_file", ("workspace_id", key), unique=True)
 
 
 @pytest.mark.gen_test
@@ -485,13 +544,13 @@ async def test_migrate_creates_an_empty_database(sqlite_database):
     config = sqlite_database.config(prefix)
     dry = run_cli("migrate", "--config", config, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.splitlines()[1:] == ["schema: none yet; this dji_media works with version 3",
-                                           "  create the tables at version 3", "dry run: nothing was changed"]
+    assert dry.stdout.splitlines()[1:] == ["schema: none yet; this dji_media works with version 4",
+                                           "  create the tables at version 4", "dry run: nothing was changed"]
     assert not sqlite_database.versions(prefix).table_exists(f"{prefix}schema")
     done = run_cli("migrate", "--config", config)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == "migrated: schema version 3"
-    assert version_rows(sqlite_database, prefix) == [3]
+    assert done.stdout.splitlines()[-1] == "migrated: schema version 4"
+    assert version_rows(sqlite_database, prefix) == [4]
 
 
 @pytest.mark.gen_test
@@ -500,26 +559,26 @@ async def test_migrate_refuses_a_newer_database(sqlite_database):
     store = sqlite_database.store(prefix)
     await store.ping()
     await store.close()
-    sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 4")
+    sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 5")
     done = run_cli("migrate", "--config", sqlite_database.config(prefix))
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == f"dji-media: migrate failed: {NEWER}"
-    assert version_rows(sqlite_database, prefix) == [4]
+    assert version_rows(sqlite_database, prefix) == [5]
 
 
 @pytest.fixture
 def refused_database(request, sqlite_database, s3):
-    """A configuration (on the suite's real S3) whose database is at version 1 or 4."""
+    """A configuration (on the suite's real S3) whose database is at version 1 or 5."""
     prefix = sqlite_database.prefix()
     if request.param == 1:
         sqlite_database.create_v1(prefix)
     else:
         sqlite_database.versions(prefix).ensure(create=True)  # a new database of this release
-        sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 4")
-    return sqlite_database.config(prefix, s3_endpoint=s3.endpoint), {1: NEEDS_3, 4: NEWER}[request.param]
+        sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 5")
+    return sqlite_database.config(prefix, s3_endpoint=s3.endpoint), {1: NEEDS_4, 5: NEWER}[request.param]
 
 
-@pytest.mark.parametrize("refused_database", [1, 4], indirect=True)
+@pytest.mark.parametrize("refused_database", [1, 5], indirect=True)
 def test_serve_and_check_refuse_another_version(refused_database):
     config, message = refused_database
     served = run_cli("serve", "--config", config)
@@ -529,3 +588,180 @@ def test_serve_and_check_refuse_another_version(refused_database):
     assert checked.returncode == 1
     assert re.search(r"^database: FAILED \(sqlite:///\S+\): " + re.escape(message) + "$", checked.stdout, re.M)
     assert "storage: ok" in checked.stdout and checked.stdout.splitlines()[-1] == "1 check(s) failed"
+
+
+def column_types(db: Database, table: str):
+    """{column: (type, nullable)} as the engine describes the table's columns."""
+    if db.engine == "sqlite":
+        return {row[1]: (row[2].lower(), not row[3]) for row in db.sql(f"PRAGMA table_info(`{table}`)")}
+    if db.engine == "postgresql":
+        rows = db.sql("SELECT column_name, data_type, character_maximum_length, is_nullable FROM "
+                      "information_schema.columns WHERE table_name = %s", (table,))
+        return {name: (kind + (f"({length})" if length else ""), nullable == "YES")
+                for name, kind, length, nullable in rows}
+    rows = db.sql("SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, EXTRA FROM information_schema.COLUMNS "
+                  "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s", (table,))
+    # MariaDB shows integer display widths ("bigint(20)"), MySQL 8 no longer does.
+    return {name: (re.sub(r"^bigint\(\d+\)", "bigint", kind) + (f" {extra.lower()}" if extra else ""),
+                   nullable == "YES")
+            for name, kind, nullable, extra in rows}
+
+
+def v3_insert(db: Database, table: str, workspace_id: str, fingerprint: str, object_key: str):
+    """A row written as a version-3 server writes one: no public_id, etag or size."""
+    now = _dt.datetime(2026, 1, 1, 12, 0, 0)
+    mark, quote = db.admin.param, db.admin.quote
+    db.admin.execute_sql(
+        f"INSERT INTO {quote[0]}{table}{quote[-1]} (workspace_id, fingerprint, object_key, raw_json, revision, "
+        f"created_at, updated_at) VALUES ({', '.join([mark] * 7)})",
+        (workspace_id, fingerprint, object_key, "{}", 1, now, now))
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_migrate_a_version_3_database_to_4(database):
+    """Duplicate object keys resolved (the most recently updated record of a key stays, the
+    later inserted on a tie; case, a trailing space and another workspace make other keys),
+    every record given a public id of its own, the new columns, indexes and table there with
+    the types a new database gets, and the database usable by both releases."""
+    prefix = database.prefix()
+    database.create_v3(prefix)
+    t0, t1, t2, t3 = (at(2024, 5, 6, 7, 8, s, 9) for s in range(4))
+
+    def record(workspace_id, fingerprint, object_key, updated, **changes):
+        return MediaRecord(workspace_id=workspace_id, file=sample_file(fingerprint, object_key=object_key, **changes),
+                           revision=2, created_at=t0, updated_at=updated)
+
+    kept = [
+        record("ws-a", "X-D2", "media/ws-a/k1.jpg", t3, job_id="job", payload_name="M30 Camera"),
+        record("ws-a", "X-E2", "media/ws-a/k2.jpg", t1),
+        record("ws-b", "X-D1", "media/ws-a/k1.jpg", t0),
+        record("ws-a", "X-F1", "media/ws-a/f.jpg", t0),
+        record("ws-a", "X-F2", "media/ws-a/F.jpg", t0),
+        record("ws-a", "X-F3", "media/ws-a/f.jpg ", t0),
+    ]
+    superseded = [
+        record("ws-a", "X-D1", "media/ws-a/k1.jpg", t1),
+        record("ws-a", "X-D3", "media/ws-a/k1.jpg", t2),
+        record("ws-a", "X-E1", "media/ws-a/k2.jpg", t1),  # inserted before E2, updated at the same time
+    ]
+    records = [*edge_records(), superseded[0], kept[0], superseded[1], superseded[2], *kept[1:]]
+    fill_v1(database, prefix, records, edge_groups(), fields=V3_FIELDS)
+    config = database.config(prefix)
+
+    done = run_cli("migrate", "--config", config)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1:] == [
+        "schema: version 3; this dji_media works with version 4",
+        *v4_lines(database, prefix, len(records) - len(superseded), duplicates=len(superseded)),
+        "migrated: schema version 4",
+    ]
+    assert version_rows(database, prefix) == [4]
+    table = f"{prefix}media_file"
+    assert database.sql(f"SELECT COUNT(*) FROM `{table}`")[0][0] == len(records) - len(superseded)
+    ids = [row[0] for row in database.sql(f"SELECT `public_id` FROM `{table}`")]
+    assert all(is_uuid4(i) for i in ids) and len(set(ids)) == len(ids)
+
+    # The types on the server, as a new database has them.
+    columns = column_types(database, table)
+    expected = {
+        "sqlite": {"etag": ("varchar(128)", True), "size": ("integer", True), "public_id": ("varchar(36)", False)},
+        "postgresql": {"etag": ("character varying(128)", True), "size": ("bigint", True),
+                       "public_id": ("character varying(36)", False)},
+        "mysql": {"etag": ("varchar(128)", True), "size": ("bigint", True), "public_id": ("varchar(36)", False),
+                  "object_key_bytes": ("varbinary(1024) stored generated", True)},
+    }[database.engine]
+    assert {name: columns[name] for name in expected} == expected
+    versions = database.versions(prefix)
+    key = "object_key_bytes" if database.engine == "mysql" else "object_key"
+    assert versions.has_index(table, ("workspace_id", key), unique=True)
+    assert versions.has_index(table, ("public_id",), unique=True)
+    assert not versions.has_index(table, ("workspace_id", "object_key"), unique=False)
+    if database.engine == "postgresql":
+        assert versions.column_collation(table, "object_key") == "C"
+    tasks = column_types(database, f"{prefix}task")
+    assert {name: nullable for name, (_, nullable) in tasks.items()} == {
+        "name": False, "holder": True, "lease_until": True, "state": True, "updated_at": False}
+    fresh = database.prefix()
+    store = database.store(fresh)
+    await store.ping()
+    await store.close()
+    assert shape(database, prefix) == shape(database, fresh)
+
+    # A version-3 server keeps writing until it restarts: its rows get a public id from the
+    # database; a reused object key is refused by the unique index.
+    v3_insert(database, table, "ws-a", "OLD-SERVER", "media/ws-a/old-server.jpg")
+    made = database.sql(f"SELECT `public_id` FROM `{table}` WHERE `fingerprint` = 'OLD-SERVER'")[0][0]
+    assert isinstance(made, str) and uuid.UUID(made) and made not in ids
+    with pytest.raises(peewee.IntegrityError):
+        v3_insert(database, table, "ws-a", "OLD-SERVER-2", "media/ws-a/old-server.jpg")
+
+    store = database.store(prefix)
+    try:
+        for r in kept:
+            got = await store.get(r.workspace_id, r.file.fingerprint)
+            assert dataclasses.replace(got, public_id=None) == r
+        for r in superseded:
+            assert await store.get(r.workspace_id, r.file.fingerprint) is None
+        assert (await store.get("ws-a", "OLD-SERVER")).public_id == made
+        in_order = await store.records_by_object_key("ws-a", "media/ws-a/", "media/ws-a/m", 10)
+        assert [r.file.object_key for r in in_order] == [
+            "media/ws-a/F.jpg", "media/ws-a/f.jpg", "media/ws-a/f.jpg ", "media/ws-a/k1.jpg", "media/ws-a/k2.jpg"]
+        new = await store.upsert("ws-a", sample_file("NEW", object_key="media/ws-a/k1.jpg"))
+        assert await store.get("ws-a", "X-D2") is None and is_uuid4(new.public_id)
+        assert await store.acquire_lease("sweep", "me", 30) is True
+    finally:
+        await store.close()
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_step_4_cut_short_is_finished(database):
+    """MySQL commits each change of step 4 by itself, and version-3 servers keep writing
+    meanwhile: a run stopped after the public ids were filled, followed by a row without one
+    and a duplicate object key, is finished by the next run."""
+    prefix = database.prefix()
+    database.create_v3(prefix)
+    fill_v1(database, prefix, edge_records()[:4], [], fields=V3_FIELDS)
+    table = f"{prefix}media_file"
+    versions = database.versions(prefix)
+    for change in STEPS[2].changes(versions)[:5]:  # up to and with the fill
+        change.apply()
+    v3_insert(database, table, "ws-a", "LATE", "media/ws-a/late.jpg")
+    v3_insert(database, table, "ws-a", "LATER", "media/ws-a/late.jpg")
+    assert database.sql(f"SELECT COUNT(*) FROM `{table}` WHERE `public_id` IS NULL")[0][0] == 2
+    store = database.store(prefix)
+    try:
+        result = await store.migrate()
+        lines = [line.split(": ", 1)[1] for line in result.steps]
+        assert [line.endswith(" (already there)") for line in lines] == [
+            True, True, False, True, False, False, False, False, False]
+        assert "delete 1 record(s)" in lines[2] and lines[4].startswith("fill public_id of 1 row(s)")
+        assert version_rows(database, prefix) == [4]
+        assert await store.get("ws-a", "LATE") is None  # the later inserted of the same time stays
+        assert is_uuid4((await store.get("ws-a", "LATER")).public_id)
+        await assert_holds(store, edge_records()[:4], [])
+    finally:
+        await store.close()
+    fresh = database.prefix()
+    store = database.store(fresh)
+    await store.ping()
+    await store.close()
+    assert shape(database, prefix) == shape(database, fresh)
+
+
+@pytest.mark.gen_test(timeout=300)
+async def test_public_ids_are_filled_in_batches(sqlite_database):
+    """More rows than one statement fills, each with an id of its own."""
+    prefix = sqlite_database.prefix()
+    sqlite_database.create_v3(prefix)
+    count = PUBLIC_ID_BATCH * 2 + 7
+    records = [MediaRecord(workspace_id="ws", file=MediaFile(fingerprint=f"B{i}", object_key=f"media/ws/{i}.jpg"),
+                           revision=1, created_at=at(2024, 1, 1), updated_at=at(2024, 1, 1)) for i in range(count)]
+    fill_v1(sqlite_database, prefix, records, [], fields=V3_FIELDS)
+    store = sqlite_database.store(prefix)
+    try:
+        result = await store.migrate()
+        assert f"  3 -> 4: fill public_id of {count} row(s) with new UUID4s, {PUBLIC_ID_BATCH} rows per statement" \
+            in [f"  {line}" for line in result.steps]
+        await assert_holds(store, records, [])
+    finally:
+        await store.close()
