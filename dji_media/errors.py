@@ -133,3 +133,14 @@ class RowRejected(DjiMediaError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class DockTimeout(Unavailable):
+    """A dock did not answer a command (MQTT ``services``) within the timeout, after the
+    retries: it may be off-line or busy. Says nothing about whether it acted (HTTP 504)."""
+
+
+class UnknownDock(Forbidden):
+    """The dock is not in the caller's workspace (not bound, or bound to another one). A
+    ``Forbidden``: nobody commands another workspace's dock; HTTP answers 404, which does not
+    tell whether the dock exists elsewhere."""

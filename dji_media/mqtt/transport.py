@@ -21,7 +21,8 @@ import re
 import ssl
 import time
 import urllib.parse
-from typing import Any, Awaitable, Callable, Dict, Optional, Protocol, Set, Tuple
+import uuid
+from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Protocol, Set, Tuple
 
 try:
     import aiomqtt
@@ -30,9 +31,10 @@ except ImportError as exc:  # an optional dependency: say which extra brings it
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ..devices import DeviceDirectory
+from ..devices import DeviceDirectory, check_gateway_sn
+from ..dock_priority import DEFAULT_COMMAND_TIMEOUT, DockCommands
 from ..docks import DockUpload
-from ..errors import BadRequest, StartupError, Unavailable
+from ..errors import BadRequest, DockTimeout, StartupError, Unavailable
 from ..runtime import Transport
 from ..service import CallbackOutcome
 from ..values import StorageGrant
@@ -53,6 +55,8 @@ STABLE_CONNECTION_SECONDS = 60.0
 # How long disconnecting may take once the handlers are done.
 DISCONNECT_SECONDS = 5.0
 
+SERVICES_REPLY_SUBSCRIPTION = "thing/product/+/services_reply"
+_SERVICES_REPLY = re.compile(r"thing/product/[A-Za-z0-9]{1,128}/services_reply")
 _SHARED_GROUP = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -93,8 +97,9 @@ class _Throttle:
         return entry[1] if entry is not None else 0
 
 
-class MqttTransport(Transport):
-    """Serves DJI Docks over MQTT. Keyword arguments, checked when built (``ValueError``):
+class MqttTransport(Transport, DockCommands):
+    """Serves DJI Docks over MQTT, and sends them commands (``call_service``). Keyword
+    arguments, checked when built (``ValueError``):
 
     :param service: the ``MediaService`` (anything with ``DockService``'s methods).
     :param directory: answers which workspace a dock belongs to; a dock it does not know gets
@@ -125,6 +130,10 @@ class MqttTransport(Transport):
         (an unknown dock, malformed messages).
     :param connect_timeout: seconds one connection attempt, a subscription or a publication
         may take.
+    :param command_qos: of the commands sent on ``services`` (0, as DJI's demo: a lost command
+        is sent again by the retry, with a new tid).
+    :param command_retries: how many more times a command is sent when the dock did not answer
+        within the timeout.
     """
 
     name = "mqtt"
@@ -154,6 +163,8 @@ class MqttTransport(Transport):
         reconnect_max_delay: float = 30.0,
         log_period: float = 600.0,
         connect_timeout: float = 10.0,
+        command_qos: int = 0,
+        command_retries: int = 2,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.service = service
@@ -178,6 +189,16 @@ class MqttTransport(Transport):
         self.shared_group = shared_group
         prefix = f"$share/{shared_group}/" if shared_group else ""
         self.topics: Tuple[str, ...] = tuple(prefix + topic for topic in wire.SUBSCRIPTIONS)
+        # Never shared: the answer to a command must reach the process that sent it and waits.
+        self.reply_topics: Tuple[str, ...] = (SERVICES_REPLY_SUBSCRIPTION,)
+        if command_qos not in (0, 1, 2):
+            raise ValueError("command_qos must be 0, 1 or 2")
+        self.command_qos = command_qos
+        if command_retries < 0:
+            raise ValueError("command_retries must be >= 0")
+        self.command_retries = command_retries
+        # (gateway_sn, tid, bid) of each command sent and not answered yet -> its answer.
+        self._waiting: Dict[Tuple[str, str, str], asyncio.Future] = {}
         if max_payload_bytes < 1:
             raise ValueError("max_payload_bytes must be >= 1")
         self.max_payload_bytes = max_payload_bytes
@@ -305,8 +326,9 @@ class MqttTransport(Transport):
         try:
             # Subscribing again on a session the broker kept is harmless, and needed when the
             # session expired or the broker lost it (no persistence, a restart).
-            granted = await client.subscribe([(topic, self.qos) for topic in self.topics])
-            refused = [topic for topic, code in zip(self.topics, granted) if _refused(code)]
+            topics = self.topics + self.reply_topics
+            granted = await client.subscribe([(topic, self.qos) for topic in topics])
+            refused = [topic for topic, code in zip(topics, granted) if _refused(code)]
             if refused:
                 raise aiomqtt.MqttError(f"the broker refused the subscription to {', '.join(refused)}")
         except BaseException:
@@ -381,6 +403,10 @@ class MqttTransport(Transport):
     async def _receive(self, client: aiomqtt.Client) -> None:
         assert self._limit is not None
         async for message in client.messages:
+            if _SERVICES_REPLY.fullmatch(message.topic.value):
+                # Handled at once, never queued behind the dock messages: someone waits for it.
+                self._services_reply(message.topic.value, message.payload)
+                continue
             await self._limit.acquire()  # at most max_concurrency handlers; the rest wait here
             task = asyncio.ensure_future(self._handle(message.topic.value, message.payload))
             self._tasks.add(task)
@@ -569,6 +595,69 @@ class MqttTransport(Transport):
             return
         await record(workspace_id, flight_id, count)
         self._expected[sn] = key
+
+    # ------------------------------------------------------------------ commands to a dock
+
+    async def call_service(self, gateway_sn: str, method: str, data: Mapping[str, Any],
+                           timeout: float = DEFAULT_COMMAND_TIMEOUT) -> int:
+        """Publish ``method`` on the dock's ``services`` topic and wait for the matching
+        ``services_reply`` (same tid and bid, on that dock's topic); the dock's ``result``.
+        Sent again, with a new tid, ``command_retries`` times when unanswered within
+        ``timeout``; then ``DockTimeout``. ``Unavailable`` when not connected."""
+        check_gateway_sn(gateway_sn)
+        if timeout <= 0:
+            raise ValueError("timeout must be > 0")
+        bid = str(uuid.uuid4())  # one business id for the command, a transaction id per attempt
+        loop = asyncio.get_running_loop()
+        for attempt in range(self.command_retries + 1):
+            client = self._client
+            if client is None:
+                raise Unavailable("not connected to the MQTT broker; try again")
+            tid = str(uuid.uuid4())
+            key = (gateway_sn, tid, bid)
+            answer: asyncio.Future = loop.create_future()
+            self._waiting[key] = answer
+            try:
+                payload = wire.render_command(tid=tid, bid=bid, method=method, data=data,
+                                              timestamp_ms=int(time.time() * 1000))
+                try:
+                    await client.publish(f"thing/product/{gateway_sn}/services", payload, qos=self.command_qos)
+                except aiomqtt.MqttError as exc:
+                    log.warning("mqtt: %s to dock %s not sent (%s)", method, gateway_sn, exc)
+                    raise Unavailable("the command could not be sent to the MQTT broker; try again") from None
+                self._counts["commands.sent"] += 1
+                try:
+                    result: int = await asyncio.wait_for(asyncio.shield(answer), timeout)
+                except asyncio.TimeoutError:
+                    log.info("mqtt: dock %s did not answer %s within %g s (attempt %d of %d)", gateway_sn,
+                             method, timeout, attempt + 1, self.command_retries + 1)
+                    continue
+            finally:
+                self._waiting.pop(key, None)
+            self._counts["commands.answered"] += 1
+            return result
+        self._counts["commands.timed_out"] += 1
+        raise DockTimeout(f"the dock did not answer {method} within {timeout:g} s "
+                          f"({self.command_retries + 1} attempt(s))")
+
+    def _services_reply(self, topic: str, payload: Any) -> None:
+        """Hand a ``services_reply`` to the command waiting for it; anything else is dropped.
+        Matched on the topic's serial number as well: a dock cannot answer for another."""
+        sn = topic.split("/")[2]
+        if not isinstance(payload, (bytes, bytearray)) or len(payload) > self.max_payload_bytes:
+            self._drop("malformed", sn, "mqtt: unreadable services_reply from %s dropped", sn)
+            return
+        try:
+            envelope = wire.decode_envelope(bytes(payload))
+            result = wire.parse_services_result(envelope)
+        except BadRequest as exc:
+            self._drop("malformed", sn, "mqtt: malformed services_reply from %s dropped: %s", sn, exc.message)
+            return
+        waiter = self._waiting.get((sn, envelope.tid, envelope.bid))
+        if waiter is None or waiter.done():
+            self._counts["dropped.unexpected_reply"] += 1  # late (after a retry), or not ours
+            return
+        waiter.set_result(result)
 
     # ------------------------------------------------------------------ replies and logs
 

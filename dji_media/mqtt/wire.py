@@ -399,3 +399,24 @@ def render_reply(envelope: Envelope, data: Mapping[str, Any], *, timestamp_ms: i
         "method": envelope.method,
         "data": dict(data),
     }).encode("utf-8")
+
+
+# ------------------------------------------------------------------------------ commands
+
+def render_command(*, tid: str, bid: str, method: str, data: Mapping[str, Any], timestamp_ms: int) -> bytes:
+    """A message for ``thing/product/{sn}/services``: the cloud asks the dock to do ``method``."""
+    return _COMPACT_JSON.encode({
+        "tid": tid,
+        "bid": bid,
+        "timestamp": int(timestamp_ms),
+        "method": method,
+        "data": dict(data),
+    }).encode("utf-8")
+
+
+def parse_services_result(envelope: Envelope) -> int:
+    """The dock's ``result`` in a ``services_reply`` (``BadRequest`` when it has none)."""
+    result = envelope.data.get("result")
+    if isinstance(result, bool) or not isinstance(result, int):
+        raise BadRequest("services_reply needs an integer data.result", field="data.result")
+    return result
