@@ -1,5 +1,5 @@
-"""The ``dji-media`` command: ``serve``, ``check``, ``import``, ``migrate``, ``sweep`` and
-``simulate-pilot``.
+"""The ``dji-media`` command: ``serve``, ``check``, ``import``, ``migrate``, ``sweep``,
+``simulate-pilot`` and ``simulate-dock``.
 
 ``serve`` chooses between one process (``dji_media.runtime``) and the worker supervisor
 (``dji_media.workers``, whose workers each run the runtime): the choice lives here, above both.
@@ -209,11 +209,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .simulator.command import add_arguments as simulator_arguments  # standard library only
 
     simulator_arguments(sub)
+    sub = commands.add_parser("simulate-dock", help="play a DJI Dock against a running server through an MQTT "
+                              "broker: storage_config_get, uploads, file_upload_callback (doc/mqtt.md)")
+    from .simulator.command import add_dock_arguments
+
+    add_dock_arguments(sub)
     args = parser.parse_args(argv)
     if args.command == "simulate-pilot":  # a client of a running server: --config is optional, only read
         from .simulator.command import run as simulate_pilot
 
         return simulate_pilot(args)
+    if args.command == "simulate-dock":
+        from .simulator.command import run_dock
+
+        return run_dock(args)
 
     try:
         config = _load(args.config)
@@ -222,6 +231,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     if getattr(args, "workers", None):
         config = dataclasses.replace(config, server=dataclasses.replace(config.server, workers=args.workers))
+        from .wiring import check_mqtt_workers
+
+        try:
+            check_mqtt_workers(config)  # the file was checked with its own worker count
+        except ConfigError as exc:
+            print(f"dji-media: configuration error: {exc.message}", file=sys.stderr)
+            return 2
     # With several workers each line says which process wrote it.
     pid = " [%(process)d]" if args.command == "serve" and config.server.workers > 1 else ""
     logging.basicConfig(level=config.log_level.upper(),

@@ -21,6 +21,7 @@ from .errors import ConfigError
 from .interfaces import MIN_CREDENTIAL_SECONDS, Authenticator, CredentialProvider, MediaStore, ObjectStore
 
 __all__ = ["Config", "ServerSettings", "ServiceSettings", "SweepSettings", "EmbeddedS3Settings",
+           "MqttSettings", "DevicesSettings",
            "BackendSettings", "load_config", "parse_config", "load_class", "REGISTRY",
            "DEFAULT_VERIFY_WINDOW_SECONDS"]
 
@@ -111,6 +112,43 @@ class EmbeddedS3Settings:
 
 
 @dataclasses.dataclass(frozen=True)
+class MqttSettings:
+    """The MQTT transport for DJI Docks (dji_media.mqtt.MqttTransport); doc/mqtt.md."""
+
+    broker_url: str = ""
+    client_id: str = "dji-media"
+    username: Optional[str] = None
+    password: Optional[str] = None  # "${MQTT_PASSWORD}": never in the file itself
+    tls_ca_file: Optional[str] = None
+    tls_verify: bool = True
+    tls_cert_file: Optional[str] = None
+    tls_key_file: Optional[str] = None
+    protocol: str = "5"
+    qos: int = 1
+    # Required with several workers: each message then goes to one of them.
+    shared_group: Optional[str] = None
+    max_payload_bytes: int = 64 * 1024
+    reply_status: bool = False
+    session_expiry_seconds: int = 3600
+    max_concurrency: int = 32
+    log_period_seconds: float = 600.0
+    # Commands to docks (upload_flighttask_media_prioritize): QoS 0 as DJI's demo, a reply
+    # within the timeout, then this many more attempts.
+    command_qos: int = 0
+    command_timeout_seconds: float = 3.0
+    command_retries: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class DevicesSettings:
+    """Which workspace each dock belongs to: a static table, or the database (``backend:
+    database``, the table the host application keeps)."""
+
+    backend: str = "static"
+    devices: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class BackendSettings:
     """A backend class and the keyword arguments it will be built with."""
 
@@ -150,6 +188,9 @@ class Config:
     authenticator: BackendSettings
     # Last, with a default: a Config built in code before the sweep existed still builds.
     sweep: SweepSettings = SweepSettings()
+    # None: no MQTT transport (Pilot 2 over HTTP only).
+    mqtt: Optional[MqttSettings] = None
+    devices: DevicesSettings = DevicesSettings()
 
 
 # ------------------------------------------------------------------------------ ${VAR} values
@@ -293,7 +334,7 @@ def _backend(raw: Mapping[str, Any], section: str) -> BackendSettings:
 # -------------------------------------------------------------------------------- loading
 
 _TOP = ("server", "service", "sweep", "logging", "embedded_s3", "media_store", "object_store",
-        "credentials", "authenticator")
+        "credentials", "authenticator", "mqtt", "devices")
 _LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -358,11 +399,95 @@ def parse_config(raw: Any, environ: Optional[Mapping[str, str]] = None) -> Confi
         if not 1 <= embedded.port <= 55535:
             raise ConfigError("embedded_s3.port", "must be between 1 and 55535 (port+10000 is used too)")
 
+    mqtt = _mqtt(raw, server.workers)
+    devices = _devices(raw, mqtt is not None)
+
     return Config(
-        server=server, service=service, sweep=sweep, log_level=level, embedded_s3=embedded,
+        server=server, service=service, sweep=sweep, log_level=level, embedded_s3=embedded, mqtt=mqtt,
+        devices=devices,
         media_store=_backend(raw, "media_store"), object_store=_backend(raw, "object_store"),
         credentials=_backend(raw, "credentials"), authenticator=_backend(raw, "authenticator"),
     )
+
+
+def _mqtt(raw: Mapping[str, Any], workers: int) -> Optional[MqttSettings]:
+    if raw.get("mqtt") is None:
+        return None
+    mqtt = MqttSettings(**_section(raw, "mqtt", _fields(MqttSettings)))
+    if not mqtt.broker_url:
+        raise ConfigError("mqtt.broker_url", "is required: mqtts://host:8883 (or mqtt://host:1883 without TLS)")
+    if not mqtt.broker_url.startswith(("mqtt://", "mqtts://")):
+        raise ConfigError("mqtt.broker_url", "must start with mqtt:// or mqtts://")
+    if mqtt.password is not None and mqtt.username is None:
+        raise ConfigError("mqtt.password", "needs mqtt.username")
+    if mqtt.protocol not in ("5", "3.1.1"):
+        raise ConfigError("mqtt.protocol", "must be '5' or '3.1.1' (quote it: YAML reads 5 as a number)")
+    for key in ("qos", "command_qos"):
+        if getattr(mqtt, key) not in (0, 1, 2):
+            raise ConfigError(f"mqtt.{key}", "must be 0, 1 or 2")
+    if not mqtt.broker_url.startswith("mqtts://"):
+        for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+            if getattr(mqtt, key) is not None:
+                raise ConfigError(f"mqtt.{key}", "needs an mqtts:// broker_url")
+        if not mqtt.tls_verify:
+            raise ConfigError("mqtt.tls_verify", "needs an mqtts:// broker_url")
+    if mqtt.tls_key_file is not None and mqtt.tls_cert_file is None:
+        raise ConfigError("mqtt.tls_key_file", "needs mqtt.tls_cert_file")
+    for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        path = getattr(mqtt, key)
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"mqtt.{key}", f"cannot read {path}")
+    if workers > 1 and not mqtt.shared_group:
+        # Without it every worker would receive, and answer, every dock message.
+        raise ConfigError("mqtt.shared_group", f"is required with {workers} workers: a name, so that the broker "
+                          "hands each dock message to one of them")
+    for key, low in (("max_payload_bytes", 1024), ("max_concurrency", 1)):
+        if getattr(mqtt, key) < low:
+            raise ConfigError(f"mqtt.{key}", f"must be >= {low}")
+    if not 0 <= mqtt.session_expiry_seconds <= 0xFFFFFFFF:
+        raise ConfigError("mqtt.session_expiry_seconds", "must be between 0 and 4294967295")
+    if mqtt.log_period_seconds < 0:
+        raise ConfigError("mqtt.log_period_seconds", "must be >= 0")
+    if mqtt.command_timeout_seconds <= 0:
+        raise ConfigError("mqtt.command_timeout_seconds", "must be > 0")
+    if not 0 <= mqtt.command_retries <= 10:
+        raise ConfigError("mqtt.command_retries", "must be between 0 and 10")
+    return mqtt
+
+
+_DEVICE_BACKENDS = ("static", "database")
+
+
+def _devices(raw: Mapping[str, Any], with_mqtt: bool) -> DevicesSettings:
+    value = raw.get("devices")
+    if value is None:
+        return DevicesSettings()
+    if not isinstance(value, dict):
+        raise ConfigError("devices", "must be a mapping: {dock_sn: workspace_id}, or {backend: database}")
+    if "backend" in value:
+        backend = value["backend"]
+        if backend not in _DEVICE_BACKENDS:
+            raise ConfigError("devices.backend", f"must be one of {', '.join(_DEVICE_BACKENDS)}")
+        rest = {k: v for k, v in value.items() if k not in ("backend", "devices")}
+        if rest:
+            raise ConfigError(f"devices.{next(iter(rest))}", "unknown key (known: backend, devices)")
+        table = value.get("devices") or {}
+        if backend == "database" and table:
+            raise ConfigError("devices.devices", "a static table and backend: database exclude each other")
+    else:
+        backend, table = "static", value
+    if not isinstance(table, dict):
+        raise ConfigError("devices.devices", "must be a mapping {dock_sn: workspace_id}")
+    from .devices import StaticDeviceDirectory
+
+    for sn, workspace_id in table.items():
+        if not isinstance(sn, str) or not isinstance(workspace_id, str):
+            raise ConfigError(f"devices.{sn}", "serial numbers and workspace ids must be strings (quote them)")
+    try:
+        StaticDeviceDirectory(table)  # the same checks the directory makes, at load time
+    except ValueError as exc:
+        raise ConfigError("devices", str(exc)) from None
+    return DevicesSettings(backend=backend, devices=dict(table))
 
 
 def load_config(path: str, environ: Optional[Mapping[str, str]] = None) -> Config:

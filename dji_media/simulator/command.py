@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["add_arguments", "main", "run"]
+__all__ = ["add_arguments", "main", "run", "add_dock_arguments", "run_dock"]
 
 PROG = "dji-media simulate-pilot"
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -148,6 +148,111 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"done: nothing new to upload, all {total} files were already on the server "
               f"(another --seed or --mission makes new ones)")
+    return 0
+
+
+DOCK_PROG = "dji-media simulate-dock"
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _retries(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 100, got {value}")
+    return value
+
+
+def add_dock_arguments(parser: argparse.ArgumentParser) -> None:
+    """``dji-media simulate-dock``'s options."""
+    from .media import DEFAULT_FILES, DEFAULT_MISSION, DEFAULT_SEED
+
+    parser.add_argument("--broker", metavar="URL",
+                        help=f"the broker the server uses: mqtt://host:port or mqtts://host:port (default: "
+                             f"mqtt.broker_url of --config, else {DEFAULT_BROKER})")
+    parser.add_argument("--config", "-c", metavar="FILE",
+                        help="the server's YAML configuration: --broker defaults to its mqtt.broker_url, --sn to "
+                             "the first dock of its devices table")
+    parser.add_argument("--sn", metavar="DOCKSN", help="the dock's serial number (letters and digits); the server's "
+                        "device directory must place it in a workspace, or it is never answered")
+    parser.add_argument("--username", help="MQTT user name (a broker with access control: usually the dock's sn)")
+    parser.add_argument("--password-env", metavar="NAME",
+                        help="the environment variable holding the MQTT password (never on the command line)")
+    parser.add_argument("--tls-ca-file", metavar="FILE", help="CA bundle of an mqtts:// broker's certificate")
+    parser.add_argument("--files", type=_file_count, default=DEFAULT_FILES, metavar="N",
+                        help=f"files in the mission (default {DEFAULT_FILES})")
+    parser.add_argument("--mission", type=_mission, default=DEFAULT_MISSION, metavar="NAME",
+                        help=f"mission name: with --seed, picks the files (default {DEFAULT_MISSION})")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"(default {DEFAULT_SEED})")
+    parser.add_argument("--timeout", type=_positive, default=5.0, metavar="SECONDS",
+                        help="seconds to wait for each reply before sending the message again (default 5)")
+    parser.add_argument("--retries", type=_retries, default=3,
+                        help="times an unanswered message is sent again, same tid and bid (default 3)")
+
+
+def run_dock(args: argparse.Namespace) -> int:
+    """``dji-media simulate-dock`` on parsed options: 0 when every file is recorded, 1 when a
+    step failed (named on stderr), 2 for wrong options."""
+    import importlib.util
+    import os
+
+    from ..devices import GATEWAY_SN_RE
+    from ..errors import ConfigError, DjiMediaError
+
+    def fail(status: int, message: str) -> int:
+        print(f"{DOCK_PROG}: {message}", file=sys.stderr)
+        return status
+
+    broker, sn = args.broker, args.sn
+    if args.config and not (broker and sn):
+        from ..config import load_config
+
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            return fail(2, f"configuration error: {exc.message}")
+        if config.mqtt is not None:
+            broker = broker or config.mqtt.broker_url
+        sn = sn or next(iter(config.devices.devices), None)
+    broker = broker or DEFAULT_BROKER
+    if not sn or not GATEWAY_SN_RE.fullmatch(sn):
+        return fail(2, "give --sn, the dock's serial number (letters and digits), or --config with a devices table")
+    password = None
+    if args.password_env:
+        password = os.environ.get(args.password_env)
+        if password is None:
+            return fail(2, f"environment variable {args.password_env} is not set")
+    for module, extra in (("PIL", "simulator"), ("aiomqtt", "mqtt")):
+        if importlib.util.find_spec(module) is None:
+            return fail(2, f"{module} is missing: pip install 'dji-media[{extra}]'")
+
+    from . import dock
+    from .media import generate_mission
+
+    mission = generate_mission(args.files, mission=args.mission, seed=args.seed)
+    print(f"simulating DJI Dock {sn} (aircraft {mission.sn}) through {broker}: flight {dock.flight_id_of(mission)}, "
+          f"{len(mission.files)} file(s)", flush=True)
+    try:
+        report = dock.run(mission, broker_url=broker, sn=sn, timeout=args.timeout, retries=args.retries,
+                          username=args.username, password=password, tls_ca_file=args.tls_ca_file,
+                          progress=lambda line: print(f"  {line}", flush=True))
+    except DjiMediaError as exc:
+        return fail(1, exc.message)
+    retried = sum(1 for f in report.files if f.attempts > 1)
+    print(f"done: {len(report.files)} file(s) uploaded and recorded (flight {report.flight_id})"
+          + (f", {retried} after a retry" if retried else ""))
     return 0
 
 

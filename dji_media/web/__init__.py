@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..devices import DeviceDirectory
+from ..dock_priority import DockCommands, DockPriority
 from ..service import MediaService
+from .devices import get_device_handlers
 from .handlers import (
     FastUploadHandler,
     GroupUploadCallbackHandler,
@@ -21,7 +24,8 @@ _WS = r"(?P<workspace_id>[^/]+)"
 
 def get_handlers(
     service: MediaService, *, prefix: str = "", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    in_flight: Optional[InFlight] = None,
+    in_flight: Optional[InFlight] = None, dock_commands: Optional[DockCommands] = None,
+    directory: Optional[DeviceDirectory] = None,
 ) -> List[Tuple[str, type, Dict[str, Any]]]:
     """The routes of the media protocol, ready for ``tornado.web.Application(handlers)``.
 
@@ -29,13 +33,23 @@ def get_handlers(
     :param max_body_bytes: bodies larger than this are refused with 413 before parsing (the
         handlers stream the body, so the HTTP server's ``max_body_size`` does not limit them).
     :param in_flight: counts requests being handled, for a graceful shutdown.
+    :param dock_commands: a way to command docks (the MQTT transport); with it and the
+        ``directory`` that places docks in workspaces, the device endpoint
+        ``POST /manage/api/v1/workspaces/{ws}/devices/{sn}/jobs/{flight_id}/media-priority``
+        is mounted too.
     """
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be >= 1")
     base = "/" + prefix.strip("/") if prefix.strip("/") else ""
     kwargs = {"service": service, "max_body_bytes": max_body_bytes, "in_flight": in_flight}
     media = f"{base}/media/api/v1/workspaces/{_WS}"
-    return [
+    devices = []
+    if dock_commands is not None:
+        if directory is None:
+            raise ValueError("dock_commands needs the directory that places docks in workspaces")
+        devices = get_device_handlers(service, DockPriority(directory, dock_commands), prefix=prefix,
+                                      in_flight=in_flight)
+    return devices + [
         (f"{media}/fast-upload", FastUploadHandler, kwargs),
         (f"{media}/files/tiny-fingerprints", TinyFingerprintsHandler, kwargs),
         (f"{media}/upload-callback", UploadCallbackHandler, kwargs),
