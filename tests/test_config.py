@@ -210,6 +210,7 @@ EXAMPLE_ENV = {
     "DJI_MEDIA_S3_ACCESS_KEY": "example-access-key",
     "DJI_MEDIA_S3_SECRET_KEY": "example-secret-key",
     "DJI_MEDIA_JWT_SECRET": "an-example-secret-of-32-bytes-at-least",
+    "MQTT_PASSWORD": "example-broker-password",
 }
 
 
@@ -226,3 +227,88 @@ async def test_every_conf_example_loads_and_builds(path):
             check_shareable(config)  # several workers need backends they can share
     finally:
         await service.close()
+
+
+# ------------------------------------------------------------------------------ mqtt and devices
+
+PRODUCTION = os.path.join(ROOT, "conf", "production.example.yaml")
+
+
+def test_the_shipped_default_has_no_mqtt_and_the_production_example_does(raw):
+    assert "mqtt" not in raw  # the README's first command needs no broker
+    config = parse_config(raw, environ={})
+    assert config.mqtt is None and config.devices.devices == {}
+    with open(PRODUCTION, encoding="utf-8") as handle:
+        production = yaml.safe_load(handle)
+    config = parse_config(production, environ=EXAMPLE_ENV)
+    assert config.mqtt is not None
+    assert config.mqtt.broker_url.startswith("mqtts://") and config.mqtt.tls_verify
+    assert config.mqtt.password == EXAMPLE_ENV["MQTT_PASSWORD"]  # from the environment, never the file
+    assert config.devices.backend == "database"
+    assert config.mqtt.shared_group
+
+
+def mqtt_raw(raw, **mqtt):
+    raw = copy.deepcopy(raw)
+    raw["mqtt"] = dict({"broker_url": "mqtt://127.0.0.1:1883"}, **mqtt)
+    return raw
+
+
+def test_mqtt_defaults_and_the_devices_table(raw):
+    changed = mqtt_raw(raw, password="${MQTT_PASSWORD}", username="dji-media")
+    changed["devices"] = {"4TADKAQ000002J": "ws-a"}
+    config = parse_config(changed, environ={"MQTT_PASSWORD": "secret-from-env"})
+    assert config.mqtt.password == "secret-from-env"
+    assert (config.mqtt.qos, config.mqtt.protocol, config.mqtt.tls_verify, config.mqtt.command_qos) == (1, "5", True, 0)
+    assert config.devices.backend == "static" and dict(config.devices.devices) == {"4TADKAQ000002J": "ws-a"}
+    changed["devices"] = {"backend": "database"}
+    assert parse_config(changed, environ={"MQTT_PASSWORD": "p"}).devices.backend == "database"
+
+
+@pytest.mark.parametrize("mqtt, devices, key", [
+    ({"broker_url": ""}, None, "mqtt.broker_url"),
+    ({"broker_url": "http://broker"}, None, "mqtt.broker_url"),
+    ({"password": "p"}, None, "mqtt.password"),
+    ({"protocol": 5}, None, "mqtt.protocol"),
+    ({"qos": 3}, None, "mqtt.qos"),
+    ({"tls_verify": False}, None, "mqtt.tls_verify"),
+    ({"tls_ca_file": "/nonexistent/ca.pem"}, None, "mqtt.tls_ca_file"),
+    ({"command_timeout_seconds": 0}, None, "mqtt.command_timeout_seconds"),
+    ({"unknown": 1}, None, "mqtt.unknown"),
+    ({}, {"DOCK/1": "ws-a"}, "devices"),
+    ({}, {"DOCK1": "bad workspace!"}, "devices"),
+    ({}, {"backend": "ldap"}, "devices.backend"),
+    ({}, {"backend": "database", "devices": {"DOCK1": "ws-a"}}, "devices.devices"),
+])
+def test_bad_mqtt_and_devices_values_name_the_key(raw, mqtt, devices, key):
+    changed = mqtt_raw(raw, **mqtt)
+    if devices is not None:
+        changed["devices"] = devices
+    with pytest.raises(ConfigError) as exc:
+        parse_config(changed, environ={})
+    assert exc.value.key == key, exc.value.message
+
+
+def test_several_workers_need_a_shared_group(raw):
+    changed = mqtt_raw(raw)
+    changed["server"] = dict(changed.get("server") or {}, workers=2)
+    with pytest.raises(ConfigError) as exc:
+        parse_config(changed, environ={})
+    assert exc.value.key == "mqtt.shared_group"
+    changed["mqtt"]["shared_group"] = "dji-media"
+    assert parse_config(changed, environ={}).mqtt.shared_group == "dji-media"
+
+
+def test_each_worker_gets_its_own_client_id(raw):
+    from dji_media.devices import StaticDeviceDirectory
+    from dji_media.wiring import build_device_directory, build_mqtt
+
+    changed = mqtt_raw(raw, client_id="media", shared_group="g")
+    changed["devices"] = {"DOCK1": "ws-a"}
+    config = parse_config(changed, environ={})
+    service = build_service(config)
+    directory = build_device_directory(config, service)
+    assert isinstance(directory, StaticDeviceDirectory) and directory.devices == {"DOCK1": "ws-a"}
+    assert build_mqtt(config, service, directory).client_id == "media"
+    assert build_mqtt(config, service, directory, worker_index=3).client_id == "media-3"
+    assert build_mqtt(config, service, directory, worker_index=3).topics[0].startswith("$share/g/")
