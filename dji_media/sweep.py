@@ -83,7 +83,9 @@ _COUNTS = ("workspaces", "objects_listed", "present", "confirmed", "changed", "g
 def make_holder_id(role: str = "serve") -> str:
     """A lease holder id that names this process for an operator: host, pid, role and a random
     suffix (a pid can be reused after a restart)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{role}:{uuid.uuid4().hex[:8]}"
+    # The lease's holder column holds 128 characters: a long host name is cut, not refused (the
+    # pid and the random suffix keep holders apart).
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{role[:32]}:{uuid.uuid4().hex[:8]}"
 
 
 def _iso(value: Optional[_dt.datetime]) -> Optional[str]:
