@@ -164,6 +164,15 @@ def test_several_workers_need_a_shared_group(tmp_path, s3, broker):
 PRIORITY = "/manage/api/v1/workspaces/{ws}/devices/{sn}/jobs/{flight}/media-priority"
 
 
+def documented(status, envelope):
+    """The answer fits doc/openapi.yaml's schema for the device route and that status."""
+    from test_openapi import MEDIA_PRIORITY, Spec, load_spec
+
+    errors = [e.message for e in Spec(load_spec()).response_validator(MEDIA_PRIORITY, status).iter_errors(envelope)]
+    assert not errors, (status, envelope, errors)
+    return status, envelope
+
+
 def answering_dock(broker, sn, results, stop_event, received):
     """A dock in a thread of its own: answers services with ``results`` in turn (None: silent)."""
     async def run():
@@ -206,25 +215,28 @@ def test_prioritize_through_the_http_endpoint(serve, broker):
     thread = answering_dock(broker, DOCK, [0, 314001], stop_event, received)
     try:
         path = PRIORITY.format(ws=WS, sn=DOCK, flight="flight-1")
-        status, envelope = post(server.base, path, {}, token=DEVICES_ONLY)
+        status, envelope = documented(*post(server.base, path, {}, token=DEVICES_ONLY))
         assert (status, envelope["code"]) == (200, 0), envelope
         assert envelope["data"] == {"gateway_sn": DOCK, "flight_id": "flight-1", "result": 0}
-        status, envelope = post(server.base, path, {}, token=DEVICES_ONLY)
+        status, envelope = documented(*post(server.base, path, {}, token=DEVICES_ONLY))
         assert (status, envelope["code"], envelope["data"]["result"]) == (409, 409, 314001), envelope
         commands = [c for c in received if isinstance(c, dict)]
         assert [c["method"] for c in commands] == ["upload_flighttask_media_prioritize"] * 2
         assert commands[0]["data"] == {"flight_id": "flight-1"}
 
         # No devices scope: 403; a dock of no workspace or another one: 404; a bad token: 401.
-        assert post(server.base, path, {}, token=UPLOAD_ONLY)[0] == 403
-        assert post(server.base, path, {}, token="not-a-token-at-all")[0] == 401
-        status, envelope = post(server.base, PRIORITY.format(ws=WS, sn=STRANGER, flight="f"), {}, token=TOKEN)
+        assert documented(*post(server.base, path, {}, token=UPLOAD_ONLY))[0] == 403
+        assert documented(*post(server.base, path, {}, token="not-a-token-at-all"))[0] == 401
+        bad_sn = PRIORITY.format(ws=WS, sn="DOCK-1", flight="f")
+        assert documented(*post(server.base, bad_sn, {}, token=TOKEN))[0] == 400
+        status, envelope = documented(*post(server.base, PRIORITY.format(ws=WS, sn=STRANGER, flight="f"), {},
+                                            token=TOKEN))
         assert (status, envelope["code"]) == (404, 404), envelope
         assert len([c for c in received if isinstance(c, dict)]) == 2  # nothing sent for those
 
         # The dock stops answering: three attempts of 0.5 s, then 504 with the envelope.
         began = time.monotonic()
-        status, envelope = post(server.base, path, {}, token=DEVICES_ONLY)
+        status, envelope = documented(*post(server.base, path, {}, token=DEVICES_ONLY))
         assert (status, envelope["code"]) == (504, 504), envelope
         assert time.monotonic() - began >= 1.4
         assert len([c for c in received if isinstance(c, dict)]) == 5

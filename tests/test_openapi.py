@@ -100,11 +100,13 @@ TINY = f"{WS_PATH}/files/tiny-fingerprints"
 CALLBACK = f"{WS_PATH}/upload-callback"
 GROUP = f"{WS_PATH}/group-upload-callback"
 STS = "/storage/api/v1/workspaces/{workspace_id}/sts"
-ALL_PATHS = [FAST, TINY, CALLBACK, GROUP, STS]
+MEDIA_PRIORITY = "/manage/api/v1/workspaces/{workspace_id}/devices/{gateway_sn}/jobs/{flight_id}/media-priority"
+PILOT_PATHS = [FAST, TINY, CALLBACK, GROUP, STS]
+ALL_PATHS = PILOT_PATHS + [MEDIA_PRIORITY]  # the device route is mounted with a DockCommands only
 
 
 def concrete(path: str, workspace_id: str = "ws-a") -> str:
-    return path.replace("{workspace_id}", workspace_id)
+    return path.replace("{workspace_id}", workspace_id).replace("{gateway_sn}", "DOCK1").replace("{flight_id}", "f-1")
 
 
 # ------------------------------------------------------------------------- the document
@@ -123,8 +125,12 @@ def test_every_operation_is_a_post_with_the_token_scheme_and_the_envelope(spec):
         operation = item["post"]
         assert "security" not in operation, f"{path} overrides the token requirement"
         statuses = spec.statuses(path)
-        # Every operation can answer these; 503 where a backend is asked (all five).
-        assert {200, 400, 401, 403, 413, 503} == statuses, path
+        # Every Pilot 2 operation can answer these; 503 where a backend is asked (all five).
+        # The device command also answers 404 (another workspace's dock), 409 (the dock
+        # refused) and 504 (the dock did not answer), and reads no body (no 413).
+        expected = {200, 400, 401, 403, 404, 409, 503, 504} if path == MEDIA_PRIORITY else \
+            {200, 400, 401, 403, 413, 503}
+        assert expected == statuses, path
         for status in statuses:
             response = operation["responses"][str(status)]
             if "$ref" in response:
@@ -136,19 +142,28 @@ def test_spec_paths_and_served_routes_agree(service):
     """Every route regex of get_handlers is exactly one spec path and the other way round."""
     spec_paths = list(load_spec()["paths"])
     assert sorted(spec_paths) == sorted(ALL_PATHS)
+    from dji_media.devices import InMemoryDeviceDirectory
+    from dji_media.dock_priority import DockCommands
+
+    class NoDock(DockCommands):
+        async def call_service(self, gateway_sn, method, data, timeout=3.0):
+            raise AssertionError("not called")
+
+    assert len(get_handlers(service)) == len(PILOT_PATHS)  # without a way to reach docks
     for prefix in ("", "/dji"):
-        routes = get_handlers(service, prefix=prefix)
+        routes = get_handlers(service, prefix=prefix, dock_commands=NoDock(), directory=InMemoryDeviceDirectory())
         assert len(routes) == len(spec_paths)
         matched = {path: [] for path in spec_paths}
         for pattern, _handler, _kwargs in routes:
             regex = re.compile(pattern + "$")
-            assert set(regex.groupindex) == {"workspace_id"}, pattern
+            assert "workspace_id" in regex.groupindex, pattern
             hits = []
             for path in spec_paths:
-                assert set(re.findall(r"{(\w+)}", path)) == set(regex.groupindex), path
                 match = regex.match(prefix + concrete(path, "ws-probe_1"))
                 if match:
+                    assert set(re.findall(r"{(\w+)}", path)) == set(regex.groupindex), path
                     assert match.group("workspace_id") == "ws-probe_1", (pattern, path)
+                    assert all(match.group(name) for name in regex.groupindex), (pattern, path)
                     hits.append(path)
             assert len(hits) == 1, (pattern, hits)
             matched[hits[0]].append(pattern)
@@ -162,7 +177,9 @@ def test_the_workspace_parameter_is_declared_and_matches_the_code(spec):
     assert parameter["schema"]["pattern"] == "^" + rules.WORKSPACE_ID_RE.pattern.strip("^$") + "$"
     assert parameter["schema"]["maxLength"] == rules.MAX_WORKSPACE_ID
     for path, item in spec.doc["paths"].items():
-        assert item["parameters"] == [{"$ref": "#/components/parameters/WorkspaceId"}], path
+        assert item["parameters"][0] == {"$ref": "#/components/parameters/WorkspaceId"}, path
+        others = {p["name"] for p in item["parameters"][1:]}
+        assert others == set(re.findall(r"{(\w+)}", path)) - {"workspace_id"}, path
 
 
 @pytest.mark.parametrize("workspace_id", [
@@ -327,7 +344,7 @@ async def test_real_answers_validate_and_cover_every_documented_status(spec, cal
     await check(GROUP, {"file_group_id": "g1", "file_count": 3, "file_uploaded_count": 2}, expect=200, code=0)
     await check(STS, raw=b"", expect=200, code=0)
     await check(STS, {}, expect=200, code=0)
-    for path in ALL_PATHS:
+    for path in PILOT_PATHS:  # the device route's answers: tests/test_mqtt_serve.py
         await check(path, raw=b"[1]", expect=400)
         await check(path, {}, token=None, expect=401)
         await check(path, {}, token=TOKEN_B, expect=403)
@@ -351,5 +368,5 @@ async def test_real_answers_validate_and_cover_every_documented_status(spec, cal
     await check(GROUP, {"file_group_id": "g1", "file_count": 3, "file_uploaded_count": 2}, expect=503)
     await check(STS, {}, expect=503)
 
-    documented = {(path, status) for path in ALL_PATHS for status in spec.statuses(path)}
+    documented = {(path, status) for path in PILOT_PATHS for status in spec.statuses(path)}
     assert seen == documented
