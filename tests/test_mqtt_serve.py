@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
-import stat
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from minio import Minio
 from minio.error import S3Error
 from mqtt_broker import MISSING, MosquittoBroker, mosquitto_binary
 
+from dji_media.backends.peewee_schema import table_names
 from dji_media.service import MediaService
 from support import ENV, ROOT, TOKEN, get, post, run_cli, start, stop, write_config
 
@@ -49,8 +48,8 @@ def broker(tmp_path_factory):
         server.stop()
 
 
-def mqtt_config(tmp_path, s3, broker, *, devices=None, **mqtt):
-    path = write_config(tmp_path, s3_endpoint=s3.endpoint)
+def mqtt_config(tmp_path, s3, broker, *, devices=None, media_store=None, **mqtt):
+    path = write_config(tmp_path, s3_endpoint=s3.endpoint, media_store=media_store)
     with open(path) as f:
         config = yaml.safe_load(f)
     config["authenticator"]["options"]["tokens"].update({
@@ -258,8 +257,7 @@ def dock_records(tmp_path):
 
     db = sqlite3.connect(f"{tmp_path}/media.sqlite3")
     try:
-        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        table = next(t for t in tables if t.endswith("media_files"))
+        table = table_names("dji_")["media_file"]  # the store's default prefix
         return [row[0] for row in db.execute(f"SELECT object_key FROM {table} WHERE workspace_id = ?", (WS,))]
     finally:
         db.close()
@@ -290,10 +288,16 @@ def test_the_dock_simulator_names_the_step_that_failed(serve, broker):
 
 @NEEDS_DOCK_UPLOADS
 def test_a_database_that_cannot_be_written_gets_no_reply_and_the_retry_is_recorded_once(serve, broker, tmp_path):
-    server = serve()
-    assert simulate_dock(broker, DOCK, 1, "--mission", "Warmup").returncode == 0  # the schema exists
+    """The database cannot be written: another connection holds SQLite's write lock (the tests
+    may run as root, whom an unwritable file does not stop). The server waits 200 ms for the
+    lock, then the write fails: no reply, so the dock retries; once the lock is released the
+    retry, the same tid and bid, is recorded once and answered."""
+    import sqlite3
+
     database = f"{tmp_path}/media.sqlite3"
-    mode = os.stat(database).st_mode
+    server = serve(media_store={"backend": "sqlite", "options": {"url": f"sqlite:///{database}",
+                                                                 "busy_timeout_ms": 200}})
+    assert simulate_dock(broker, DOCK, 1, "--mission", "Warmup").returncode == 0  # the schema exists
     from dji_media.simulator import dock as dock_simulator
     from dji_media.simulator.media import generate_mission
 
@@ -302,16 +306,23 @@ def test_a_database_that_cannot_be_written_gets_no_reply_and_the_retry_is_record
     key = f"media/{WS}/{dock_simulator.flight_folder(mission)}/{file.name}"
     message = dock_simulator.callback_message(DOCK, mission, file, key, 1)
     client = DockClient(broker, DOCK)
-    os.chmod(database, stat.S_IRUSR | stat.S_IRGRP)  # read-only: writes fail, reads work
-    os.chmod(tmp_path, stat.S_IRUSR | stat.S_IXUSR)  # nor can a journal be created beside it
+    blocker = sqlite3.connect(database, isolation_level=None, timeout=10)
     try:
+        blocker.execute("BEGIN EXCLUSIVE")
         assert run_async(client.ask("events", "file_upload_callback", None, message=message, timeout=3.0)) is None
+        assert key not in dock_records_with(blocker)
     finally:
-        os.chmod(tmp_path, stat.S_IRWXU)
-        os.chmod(database, mode)
+        blocker.execute("ROLLBACK")
+        blocker.close()
     reply = None
     deadline = time.monotonic() + 30
     while reply is None and time.monotonic() < deadline:  # the dock's retry: the same tid and bid
         reply = run_async(client.ask("events", "file_upload_callback", None, message=message, timeout=3.0))
     assert reply is not None and reply["data"] == {"result": 0}, server.log.read_text()
     assert dock_records(tmp_path).count(key) == 1
+    assert "unavailable" in server.log.read_text()  # the failure was logged, not silent
+
+
+def dock_records_with(db):
+    table = table_names("dji_")["media_file"]
+    return [row[0] for row in db.execute(f"SELECT object_key FROM {table} WHERE workspace_id = ?", (WS,))]
