@@ -17,6 +17,7 @@ from .errors import ConfigError, DjiMediaError
 
 if TYPE_CHECKING:  # imported when a command runs: --help needs no YAML parser
     from .config import Config
+    from .service import MediaService
 
 __all__ = ["main", "serve"]
 
@@ -75,12 +76,37 @@ async def _check(config: "Config") -> int:
             except DjiMediaError as exc:
                 failures += 1
                 print(f"{name}: FAILED ({what}): {exc.message}")
+        if config.mqtt is not None:
+            failures += await _check_mqtt(config, service)
     finally:
         await service.close()
         if embedded is not None:
             embedded.stop()
     print("configuration: ok" if not failures else f"{failures} check(s) failed")
     return 1 if failures else 0
+
+
+async def _check_mqtt(config: "Config", service: "MediaService") -> int:
+    """Connect to the broker and subscribe as ``serve`` would, under a client id of its own (the
+    server's session, if one runs, is left alone); the number of failures (0 or 1)."""
+    import dataclasses as _dc
+    import uuid
+
+    from .wiring import build_device_directory, build_mqtt
+
+    assert config.mqtt is not None
+    checking = _dc.replace(config, mqtt=_dc.replace(config.mqtt, client_id=f"{config.mqtt.client_id}-check-"
+                                                    f"{uuid.uuid4().hex[:6]}", session_expiry_seconds=0))
+    try:
+        transport = build_mqtt(checking, service, build_device_directory(config, service))
+        assert transport is not None
+        await transport.start()
+        await transport.stop(0.0)
+    except DjiMediaError as exc:
+        print(f"mqtt: FAILED ({config.mqtt.broker_url}): {exc.message}")
+        return 1
+    print(f"mqtt: ok ({config.mqtt.broker_url}, {len(transport.topics + transport.reply_topics)} subscriptions)")
+    return 0
 
 
 async def _migrate(config: "Config", dry_run: bool) -> int:

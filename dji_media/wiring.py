@@ -221,7 +221,10 @@ def build_mqtt(config: Config, service: MediaService, directory: DeviceDirectory
         return None
     check_mqtt_workers(config)
     # Imported here: dji_media.mqtt needs aiomqtt (an extra) and imports dji_media.runtime.
-    from .mqtt import MqttTransport
+    try:
+        from .mqtt import MqttTransport
+    except ImportError as exc:  # the extra is missing: say which, naming the section that asks for it
+        raise ConfigError("mqtt", str(exc)) from None
 
     settings = config.mqtt
     # Typed loosely: the transport checks the methods it needs (DockService) when it calls them.

@@ -326,3 +326,15 @@ def test_a_database_that_cannot_be_written_gets_no_reply_and_the_retry_is_record
 def dock_records_with(db):
     table = table_names("dji_")["media_file"]
     return [row[0] for row in db.execute(f"SELECT object_key FROM {table} WHERE workspace_id = ?", (WS,))]
+
+
+def test_check_reaches_the_broker(tmp_path, s3, broker):
+    result = run_cli("check", "--config", mqtt_config(tmp_path, s3, broker))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"mqtt: ok ({broker.url}" in result.stdout
+    from mqtt_broker import free_port
+
+    nobody = mqtt_config(tmp_path, s3, broker, broker_url=f"mqtt://127.0.0.1:{free_port()}")
+    result = run_cli("check", "--config", nobody)
+    assert result.returncode == 1
+    assert "mqtt: FAILED" in result.stdout and "cannot connect" in result.stdout
