@@ -65,8 +65,9 @@ def mqtt_config(tmp_path, s3, broker, *, devices=None, media_store=None, **mqtt)
 
 
 class Server:
-    def __init__(self, tmp_path, config):
-        self.proc, self.base = start([sys.executable, "-m", "dji_media.cli", "serve", "--config", config], tmp_path)
+    def __init__(self, tmp_path, config, *args):
+        self.proc, self.base = start([sys.executable, "-m", "dji_media.cli", "serve", "--config", config, *args],
+                                     tmp_path)
         self.log = tmp_path / "server.out"
         # The runtime prints where it listens once every transport started: MQTT is subscribed.
 
@@ -75,8 +76,8 @@ class Server:
 def serve(tmp_path, s3, broker):
     servers = []
 
-    def run(**options):
-        server = Server(tmp_path, mqtt_config(tmp_path, s3, broker, **options))
+    def run(*args, **options):
+        server = Server(tmp_path, mqtt_config(tmp_path, s3, broker, **options), *args)
         servers.append(server)
         return server
 
@@ -338,3 +339,32 @@ def test_check_reaches_the_broker(tmp_path, s3, broker):
     result = run_cli("check", "--config", nobody)
     assert result.returncode == 1
     assert "mqtt: FAILED" in result.stdout and "cannot connect" in result.stdout
+
+
+async def replies_within(broker, sn, seconds):
+    """Send one storage_config_get; every reply to it that arrives within ``seconds``."""
+    tid = str(uuid.uuid4())
+    message = {"tid": tid, "bid": str(uuid.uuid4()), "timestamp": int(time.time() * 1000), "gateway": sn,
+               "method": "storage_config_get", "data": {"module": 0}}
+    replies = []
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier=f"dock-{uuid.uuid4().hex[:8]}") as client:
+        await client.subscribe(f"thing/product/{sn}/requests_reply", 1)
+        await client.publish(f"thing/product/{sn}/requests", json.dumps(message), qos=1)
+
+        async def collect():
+            async for reply in client.messages:
+                decoded = json.loads(reply.payload)
+                if decoded.get("tid") == tid:
+                    replies.append(decoded)
+        try:
+            await asyncio.wait_for(collect(), seconds)
+        except asyncio.TimeoutError:
+            pass
+    return replies
+
+
+def test_two_workers_with_a_shared_group_answer_each_request_once(serve, broker):
+    server = serve("--workers", "2", shared_group="media")
+    for _ in range(4):  # the broker spreads them over both workers: each is answered exactly once
+        replies = run_async(replies_within(broker, DOCK, 1.5))
+        assert [r["data"]["result"] for r in replies] == [0], (replies, server.log.read_text())
