@@ -267,8 +267,8 @@ class Runtime:
 
         With an ``mqtt`` section, DJI Docks are served too: the MQTT transport (its client id
         ``<client_id>-<worker_index>`` in a worker, ``worker_index`` 1..N; a worker that does
-        not say falls back to its pid, which the broker does not recognise after a restart) and
-        the device endpoint that commands docks through it."""
+        not say falls back to its pid and keeps no session, since a pid is not stable across
+        restarts) and the device endpoint that commands docks through it."""
         options = server_options(config)  # a certificate that does not load fails before any build
         storage = configured_embedded_s3(config) if embedded_s3 else None
         service = build_service(config)
@@ -277,14 +277,20 @@ class Runtime:
         app = make_application(service, config, in_flight, sweep=sweep is not None)
         mqtt = None
         if config.mqtt is not None:
+            settings = config.mqtt
             if worker_index is None and config.server.workers > 1:
+                # A worker that does not know its slot: its pid is unique but not stable, so a
+                # session kept for it would outlive it, and the broker would keep queueing that
+                # session's share of the docks' messages. No session, then: the docks retry.
                 worker_index = os.getpid()
+                settings = dataclasses.replace(settings, session_expiry_seconds=0)
+                config = dataclasses.replace(config, mqtt=settings)
             directory = build_device_directory(config, service)
             mqtt = build_mqtt(config, service, directory, worker_index=worker_index or 0)
             assert mqtt is not None
             # Before the catch-all host rule of the Application: its default handler answers the rest.
             app.add_handlers(r".*", get_device_handlers(service, DockPriority(
-                directory, mqtt, timeout=config.mqtt.command_timeout_seconds), prefix=config.server.prefix,
+                directory, mqtt, timeout=settings.command_timeout_seconds), prefix=config.server.prefix,
                 in_flight=in_flight))
         http = HttpTransport(app, host=config.server.host, port=config.server.port, sockets=sockets,
                              in_flight=in_flight, **options)
