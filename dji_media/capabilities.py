@@ -46,6 +46,8 @@ CAPABILITIES: Dict[str, Capability] = {c.name: c for c in (
                "cannot list the workspaces that hold records"),
     Capability("leases", MediaStore, "acquire_lease", "the storage sweep (sweep.enabled)",
                "has no lease, so the sweep could not run once per deployment"),
+    Capability("mission_expectations", MediaStore, "save_mission_expectation",
+               "docks (a mission's expected file count)", "cannot record a mission's expected file count"),
     Capability("listing", ObjectStore, "list_page", "the storage sweep (sweep.enabled)",
                "cannot list the bucket"),
 )}
@@ -53,6 +55,7 @@ CAPABILITIES: Dict[str, Capability] = {c.name: c for c in (
 # The capabilities a feature needs, by feature.
 FEATURES: Dict[str, Tuple[str, ...]] = {
     "sweep": ("sweep_records", "sweep_confirm", "sweep_workspaces", "leases", "listing"),
+    "docks": ("mission_expectations",),
 }
 
 

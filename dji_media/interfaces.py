@@ -43,7 +43,8 @@ class MediaStore(_Closable, abc.ABC):
 
     @abc.abstractmethod
     async def get(self, workspace_id: str, fingerprint: str) -> Optional[MediaRecord]:
-        """Return the record of (workspace, fingerprint), or None."""
+        """Return the record of (workspace, fingerprint), or None. Never a record without a
+        fingerprint (a dock's file)."""
 
     @abc.abstractmethod
     async def find_by_tiny_fingerprints(
@@ -58,6 +59,10 @@ class MediaStore(_Closable, abc.ABC):
     @abc.abstractmethod
     async def upsert(self, workspace_id: str, file: MediaFile) -> MediaRecord:
         """Insert or replace the record of (workspace, file.fingerprint) and return it.
+
+        A file without a fingerprint (``file.fingerprint`` None: a dock's) is keyed by
+        (workspace, ``file.object_key``) instead, with the same guarantees below; its
+        ``public_id`` is kept across rewrites as for any record.
 
         Idempotent and safe under concurrency: any number of calls for the same key leave
         exactly one record, holding the last call's file, with a higher revision and
@@ -75,6 +80,7 @@ class MediaStore(_Closable, abc.ABC):
         """Delete the record if it is still at ``record.revision``; return whether it was.
 
         A newer write of the same file (a re-upload that raced with a stale check) survives.
+        A record without a fingerprint is found by (workspace, object key, revision).
         """
 
     async def mark_verified(self, records: Sequence[MediaRecord], when: _dt.datetime) -> None:
@@ -85,7 +91,8 @@ class MediaStore(_Closable, abc.ABC):
         """
 
     async def insert_missing(self, records: Sequence[MediaRecord]) -> List[bool]:
-        """Store each record whose (workspace, fingerprint) is absent, exactly as given
+        """Store each record whose (workspace, fingerprint) is absent (for a record without a
+        fingerprint: whose (workspace, object key) is absent), exactly as given
         (``revision``, ``created_at``, ``updated_at`` and ``verified_at`` included), and return,
         in order, whether each was inserted. For imports: a stored record is never changed (no
         revision bump), so running the same records again inserts nothing.
@@ -105,6 +112,14 @@ class MediaStore(_Closable, abc.ABC):
     @abc.abstractmethod
     async def get_group(self, workspace_id: str, file_group_id: str) -> Optional[FileGroup]:
         """Return the stored group, or None."""
+
+    async def save_mission_expectation(self, workspace_id: str, file_group_id: str,
+                                       expected_file_count: int) -> FileGroup:
+        """Record a mission's expected file count as a dock announced it (latest wins) and
+        return the group. The counts a device reported (``save_group``) are kept; a group not
+        yet known is created with counts of 0. The default raises ``NotImplementedError``
+        (capability "mission_expectations", feature "docks")."""
+        raise NotImplementedError(f"{type(self).__name__} does not record mission expectations (docks)")
 
     async def ping(self) -> None:
         """Prove the database can be read and written; raise ``DatabaseUnavailable`` if not."""

@@ -86,7 +86,7 @@ def check_count(value: int, field: str) -> None:
         raise BadRequest(f"{field} must be between 0 and {MAX_INT}", field=field)
 
 
-def check_fingerprint(fingerprint: str) -> None:
+def check_fingerprint(fingerprint: Optional[str]) -> None:
     check_text(fingerprint, MAX_FINGERPRINT, "fingerprint", required=True)
 
 

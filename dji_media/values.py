@@ -58,9 +58,12 @@ class MediaFile:
     ``raw_json`` is the callback body exactly as received (decoded and re-encoded), so a field
     we do not model yet is never lost. ``created_time`` is UTC; ``created_time_text`` keeps the
     device's text with its original offset.
+
+    ``fingerprint`` is None for a dock's file: docks send none, and such a file is identified
+    by (workspace, ``object_key``) alone (doc/protocol.md section 6).
     """
 
-    fingerprint: str
+    fingerprint: Optional[str]
     object_key: str
     tiny_fingerprint: Optional[str] = None
     name: Optional[str] = None
@@ -148,13 +151,19 @@ class GroupReport:
 
 @dataclasses.dataclass(frozen=True)
 class FileGroup:
-    """A stored file group (latest report wins)."""
+    """A stored file group (latest report wins).
+
+    ``expected_file_count`` is the mission's expected total as a dock announced it (None: no
+    dock said). A group known only from a dock's expectation has counts of 0 until a device
+    reports its totals.
+    """
 
     workspace_id: str
     file_group_id: str
     file_count: int
     file_uploaded_count: int
     updated_at: _dt.datetime
+    expected_file_count: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Schema versions: a database at the first released schema (version 1), or at version 2 or 3,
 filled with records covering the edge cases, upgraded by `dji-media migrate`, keeps every record
-and group (version 4 gives each record a public id and keeps one record per object key); a
+and group (version 4 gives each record a public id and keeps one record per object key, version 5
+lets a dock's record go without a fingerprint); a
 store, `serve` and `check` refuse a database at another version with one line saying what to run.
 
 Version 1's tables come from tests/schema_v1/<engine>.sql: DDL frozen from the models of commit
@@ -35,8 +36,8 @@ from dji_media.values import FileGroup, MediaFile, MediaRecord
 from support import ENGINES, TESTS, database_url_for, drop_store_tables, new_table_prefix, run_cli, write_config
 
 UTC = _dt.timezone.utc
-NEEDS_4 = "database schema is version 1, this dji_media needs 4: run `dji-media migrate --config <file>`"
-NEWER = "database schema is version 5, newer than this dji_media understands (4): upgrade dji_media"
+NEEDS_5 = "database schema is version 1, this dji_media needs 5: run `dji-media migrate --config <file>`"
+NEWER = "database schema is version 6, newer than this dji_media understands (5): upgrade dji_media"
 # The media columns of version 1 (commit 69384d1's _MEDIA_FIELDS), written when filling it.
 V1_FIELDS = (
     "tiny_fingerprint", "object_key", "name", "path", "sub_file_type", "file_group_id",
@@ -74,7 +75,14 @@ class Database:
             "backend": "peewee", "options": {"url": self.url, "table_prefix": prefix}})
 
     def versions(self, prefix: str) -> SchemaVersions:
-        return SchemaVersions(self.admin, _build_models(self.admin, prefix), prefix, lambda: "")
+        return SchemaVersions(self.admin, _build_models(self.admin, prefix), prefix, self.collation)
+
+    def collation(self) -> str:
+        """MySQL: the binary collation the store chooses (step 4 creates a table with it)."""
+        if self.engine != "mysql":
+            return ""
+        have = {row[0] for row in self.sql("SELECT COLLATION_NAME FROM information_schema.COLLATIONS")}
+        return next(name for name in (*_MYSQL_COLLATIONS, "utf8mb4_bin") if name in have)
 
     def sql(self, statement: str, params=()):
         cursor = self.admin.execute_sql(statement.replace("`", self.admin.quote[0]), params)
@@ -82,10 +90,7 @@ class Database:
 
     def create_v1(self, prefix: str) -> None:
         """Version 1's tables and version row, from the frozen DDL."""
-        collation = ""
-        if self.engine == "mysql":  # as version 1 chose it
-            have = {row[0] for row in self.sql("SELECT COLLATION_NAME FROM information_schema.COLLATIONS")}
-            collation = next(name for name in (*_MYSQL_COLLATIONS, "utf8mb4_bin") if name in have)
+        collation = self.collation()  # as version 1 chose it
         with open(os.path.join(TESTS, "schema_v1", f"{self.engine}.sql"), encoding="utf-8") as snapshot:
             ddl = snapshot.read()
         ddl = ddl.replace("{prefix}", prefix).replace("{collation}", collation)
@@ -99,6 +104,9 @@ class Database:
         release's ``migrate`` did."""
         self.create_v1(prefix)
         versions = self.versions(prefix)
+        # SQLite's step 4 copies the media table as the models now define it: with version 4's
+        # NOT NULL fingerprint, as version 4 made it.
+        versions.media_model.fingerprint.null = False
         for step in STEPS[:version - 1]:
             with versions.exclusive():
                 for change in step.changes(versions):
@@ -107,6 +115,9 @@ class Database:
 
     def create_v3(self, prefix: str) -> None:
         self.create_v2(prefix, version=3)
+
+    def create_v4(self, prefix: str) -> None:
+        self.create_v2(prefix, version=4)
 
     def close(self) -> None:
         for prefix in self.prefixes:
@@ -179,7 +190,7 @@ def edge_groups():
 
 def fill_v1(db: Database, prefix: str, records, groups, fields=V1_FIELDS) -> None:
     """Rows of the columns ``fields`` (an older version's), written as that version wrote them."""
-    _schema, media, group, _task = _build_models(db.admin, prefix)
+    _schema, media, group, _task, _device = _build_models(db.admin, prefix)
 
     def naive(value):
         return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
@@ -203,9 +214,9 @@ def shape(db: Database, prefix: str):
     """The tables as the engine describes them, table prefix left out: columns, indexes and, on
     MySQL, the whole CREATE TABLE (collations, index prefix lengths)."""
     described = {}
-    for name in ("schema", "media_file", "file_group", "task"):
+    for name in ("schema", "media_file", "file_group", "task", "device"):
         table = prefix + name
-        if not db.versions(prefix).table_exists(table):  # task: version 4's
+        if not db.versions(prefix).table_exists(table):  # task: version 4's, device: version 5's
             described[name] = None
             continue
         columns = [(c.name, c.data_type.lower(), c.null, c.primary_key) for c in db.admin.get_columns(table)]
@@ -245,6 +256,19 @@ def v4_lines(db: Database, prefix: str, rows: int, duplicates: int = 0):
         f"create unique index {table}_public_id on {table} (public_id)",
         unique,
         f"create table {prefix}task (leases and task state)",
+    )]
+
+
+def v5_lines(db: Database, prefix: str, nullable_already: bool = False):
+    """The lines of step 4 -> 5. ``nullable_already``: the fingerprint column is NULL-able
+    before the step (SQLite, when step 4 copied the table in the same run)."""
+    table = f"{prefix}media_file"
+    return [f"  4 -> 5: {line}" for line in (
+        f"make fingerprint NULL-able in {table} (records of docks' files have none)"
+        + (f" (SQLite: {table} is copied into a new table)" if db.engine == "sqlite" else "")
+        + (" (already there)" if nullable_already else ""),
+        f"add column expected_file_count BIGINT NULL to {prefix}file_group",
+        f"create table {prefix}device (which workspace each dock belongs to)",
     )]
 
 
@@ -288,15 +312,16 @@ async def test_migrate_keeps_every_record_of_a_version_1_database(database):
     assert done.returncode == 0, done.stderr
     table = f"{prefix}media_file"
     assert done.stdout.splitlines()[1:] == [
-        "schema: version 1; this dji_media works with version 4",
+        "schema: version 1; this dji_media works with version 5",
         f"  1 -> 2: add column job_id VARCHAR(128) NULL to {table}",
         f"  1 -> 2: create index {table}_workspace_id_object_key on {table} (workspace_id, object_key"
         + ("(191))" if database.engine == "mysql" else ")"),
         f"  2 -> 3: add column payload_name VARCHAR(128) NULL to {table}",
         *v4_lines(database, prefix, len(records)),
-        "migrated: schema version 4",
+        *v5_lines(database, prefix, nullable_already=database.engine == "sqlite"),
+        "migrated: schema version 5",
     ]
-    assert version_rows(database, prefix) == [4]
+    assert version_rows(database, prefix) == [5]
     key = "object_key_bytes" if database.engine == "mysql" else "object_key"
     assert database.versions(prefix).has_index(table, ("workspace_id", key), unique=True)
     count = database.sql(f"SELECT COUNT(*) FROM `{table}` WHERE `job_id` IS NULL AND `payload_name` IS NULL "
@@ -324,9 +349,9 @@ async def test_migrate_keeps_every_record_of_a_version_1_database(database):
 
     again = run_cli("migrate", "--config", config)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.splitlines()[1:] == ["schema: version 4; this dji_media works with version 4",
+    assert again.stdout.splitlines()[1:] == ["schema: version 5; this dji_media works with version 5",
                                              "up to date: nothing to do"]
-    assert version_rows(database, prefix) == [4]
+    assert version_rows(database, prefix) == [5]
     assert shape(database, prefix) == shape(database, fresh)
 
 
@@ -348,9 +373,10 @@ async def test_migrate_keeps_every_record_of_a_version_2_database(database):
     # Only the next step's changes can be there already: the dry run says so of none later.
     v4[2] = v4[2].replace(" (already there)", "")
     assert dry.stdout.splitlines()[1:] == [
-        "schema: version 2; this dji_media works with version 4",
+        "schema: version 2; this dji_media works with version 5",
         f"  2 -> 3: add column payload_name VARCHAR(128) NULL to {table}",
         *v4,
+        *v5_lines(database, prefix),
         "dry run: nothing was changed",
     ]
     assert version_rows(database, prefix) == [2]
@@ -360,8 +386,9 @@ async def test_migrate_keeps_every_record_of_a_version_2_database(database):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[2:] == [f"  2 -> 3: add column payload_name VARCHAR(128) NULL to {table}",
                                             *v4_lines(database, prefix, len(records)),
-                                            "migrated: schema version 4"]
-    assert version_rows(database, prefix) == [4]
+                                            *v5_lines(database, prefix, database.engine == "sqlite"),
+                                            "migrated: schema version 5"]
+    assert version_rows(database, prefix) == [5]
     fresh = database.prefix()
     store = database.store(fresh)
     await store.ping()
@@ -390,10 +417,11 @@ async def test_dry_run_changes_nothing(database):
     dry = run_cli("migrate", "--config", database.config(prefix), "--dry-run")
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
-    assert lines[1] == "schema: version 1; this dji_media works with version 4"
+    assert lines[1] == "schema: version 1; this dji_media works with version 5"
     assert lines[2].startswith("  1 -> 2: add column job_id") and lines[3].startswith("  1 -> 2: create index")
     assert lines[4].startswith("  2 -> 3: add column payload_name")
-    assert lines[5:-1] == [line.replace(" (already there)", "") for line in v4_lines(database, prefix, 3)]
+    assert lines[5:-1] == [line.replace(" (already there)", "") for line in v4_lines(database, prefix, 3)] \
+        + v5_lines(database, prefix)
     assert lines[-1] == "dry run: nothing was changed"
     assert shape(database, prefix) == before
     assert version_rows(database, prefix) == [1]
@@ -415,7 +443,7 @@ async def test_stores_refuse_other_versions_until_migrated(database):
     try:
         with pytest.raises(SchemaMismatch) as refused:
             await store.ping()
-        assert refused.value.message == NEEDS_4 and (refused.value.found, refused.value.needed) == (1, 4)
+        assert refused.value.message == NEEDS_5 and (refused.value.found, refused.value.needed) == (1, 5)
         with pytest.raises(SchemaMismatch):  # every unit of work, reads too
             await store.get("ws-a", sample_file().fingerprint)
         assert version_rows(database, old) == [1]  # a refusal writes nothing
@@ -433,7 +461,8 @@ async def test_stores_refuse_other_versions_until_migrated(database):
             result = await migrator.migrate()
         finally:
             await migrator.close()
-        assert (result.found, result.target, len(result.steps)) == (1, 4, 3 + len(v4_lines(database, old, 2)))
+        assert (result.found, result.target, len(result.steps)) == (
+            1, 5, 3 + len(v4_lines(database, old, 2)) + len(v5_lines(database, old)))
         await store.ping()
         assert (await store.get("ws-a", sample_file().fingerprint)).file.job_id is None
     finally:
@@ -443,7 +472,7 @@ async def test_stores_refuse_other_versions_until_migrated(database):
     store = database.store(new)
     await store.ping()
     await store.close()
-    database.sql(f"UPDATE `{new}schema` SET `version` = 5")
+    database.sql(f"UPDATE `{new}schema` SET `version` = 6")
     store = database.store(new)
     try:
         with pytest.raises(SchemaMismatch) as refused:
@@ -451,7 +480,7 @@ async def test_stores_refuse_other_versions_until_migrated(database):
         assert refused.value.message == NEWER
         with pytest.raises(SchemaMismatch):  # migrate does not downgrade
             await store.migrate()
-        assert version_rows(database, new) == [5]
+        assert version_rows(database, new) == [6]
     finally:
         await store.close()
 
@@ -476,7 +505,7 @@ async def test_a_step_cut_short_is_finished(database):
         assert result.steps[0] == f"record version 1 in {prefix}schema (the row is missing)"
         assert result.steps[1].endswith("(already there)") and not result.steps[2].endswith("(already there)")
         assert not result.steps[3].endswith("(already there)")
-        assert version_rows(database, prefix) == [4]
+        assert version_rows(database, prefix) == [5]
         await store.ping()
     finally:
         await store.close()
@@ -514,7 +543,7 @@ async def test_a_failed_step_says_why_and_a_rerun_finishes(database):
     done = run_cli("migrate", "--config", config)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[2].endswith(" (already there)") is mysql
-    assert version_rows(database, prefix) == [4]
+    assert version_rows(database, prefix) == [5]
     store = database.store(prefix)
     try:
         await assert_holds(store, edge_records()[:3], [])
@@ -544,13 +573,13 @@ async def test_migrate_creates_an_empty_database(sqlite_database):
     config = sqlite_database.config(prefix)
     dry = run_cli("migrate", "--config", config, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.splitlines()[1:] == ["schema: none yet; this dji_media works with version 4",
-                                           "  create the tables at version 4", "dry run: nothing was changed"]
+    assert dry.stdout.splitlines()[1:] == ["schema: none yet; this dji_media works with version 5",
+                                           "  create the tables at version 5", "dry run: nothing was changed"]
     assert not sqlite_database.versions(prefix).table_exists(f"{prefix}schema")
     done = run_cli("migrate", "--config", config)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == "migrated: schema version 4"
-    assert version_rows(sqlite_database, prefix) == [4]
+    assert done.stdout.splitlines()[-1] == "migrated: schema version 5"
+    assert version_rows(sqlite_database, prefix) == [5]
 
 
 @pytest.mark.gen_test
@@ -559,26 +588,26 @@ async def test_migrate_refuses_a_newer_database(sqlite_database):
     store = sqlite_database.store(prefix)
     await store.ping()
     await store.close()
-    sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 5")
+    sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 6")
     done = run_cli("migrate", "--config", sqlite_database.config(prefix))
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == f"dji-media: migrate failed: {NEWER}"
-    assert version_rows(sqlite_database, prefix) == [5]
+    assert version_rows(sqlite_database, prefix) == [6]
 
 
 @pytest.fixture
 def refused_database(request, sqlite_database, s3):
-    """A configuration (on the suite's real S3) whose database is at version 1 or 5."""
+    """A configuration (on the suite's real S3) whose database is at version 1 or 6."""
     prefix = sqlite_database.prefix()
     if request.param == 1:
         sqlite_database.create_v1(prefix)
     else:
         sqlite_database.versions(prefix).ensure(create=True)  # a new database of this release
-        sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 5")
-    return sqlite_database.config(prefix, s3_endpoint=s3.endpoint), {1: NEEDS_4, 5: NEWER}[request.param]
+        sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 6")
+    return sqlite_database.config(prefix, s3_endpoint=s3.endpoint), {1: NEEDS_5, 6: NEWER}[request.param]
 
 
-@pytest.mark.parametrize("refused_database", [1, 5], indirect=True)
+@pytest.mark.parametrize("refused_database", [1, 6], indirect=True)
 def test_serve_and_check_refuse_another_version(refused_database):
     config, message = refused_database
     served = run_cli("serve", "--config", config)
@@ -618,7 +647,7 @@ def v3_insert(db: Database, table: str, workspace_id: str, fingerprint: str, obj
 
 
 @pytest.mark.gen_test(timeout=120)
-async def test_migrate_a_version_3_database_to_4(database):
+async def test_migrate_a_version_3_database_to_5(database):
     """Duplicate object keys resolved (the most recently updated record of a key stays, the
     later inserted on a tie; case, a trailing space and another workspace make other keys),
     every record given a public id of its own, the new columns, indexes and table there with
@@ -651,11 +680,12 @@ async def test_migrate_a_version_3_database_to_4(database):
     done = run_cli("migrate", "--config", config)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[1:] == [
-        "schema: version 3; this dji_media works with version 4",
+        "schema: version 3; this dji_media works with version 5",
         *v4_lines(database, prefix, len(records) - len(superseded), duplicates=len(superseded)),
-        "migrated: schema version 4",
+        *v5_lines(database, prefix, database.engine == "sqlite"),
+        "migrated: schema version 5",
     ]
-    assert version_rows(database, prefix) == [4]
+    assert version_rows(database, prefix) == [5]
     table = f"{prefix}media_file"
     assert database.sql(f"SELECT COUNT(*) FROM `{table}`")[0][0] == len(records) - len(superseded)
     ids = [row[0] for row in database.sql(f"SELECT `public_id` FROM `{table}`")]
@@ -733,9 +763,9 @@ async def test_a_step_4_cut_short_is_finished(database):
         result = await store.migrate()
         lines = [line.split(": ", 1)[1] for line in result.steps]
         assert [line.endswith(" (already there)") for line in lines] == [
-            True, True, False, True, False, False, False, False, False]
+            True, True, False, True, False, False, False, False, False, database.engine == "sqlite", False, False]
         assert "delete 1 record(s)" in lines[2] and lines[4].startswith("fill public_id of 1 row(s)")
-        assert version_rows(database, prefix) == [4]
+        assert version_rows(database, prefix) == [5]
         assert await store.get("ws-a", "LATE") is None  # the later inserted of the same time stays
         assert is_uuid4((await store.get("ws-a", "LATER")).public_id)
         await assert_holds(store, edge_records()[:4], [])
@@ -763,5 +793,68 @@ async def test_public_ids_are_filled_in_batches(sqlite_database):
         assert f"  3 -> 4: fill public_id of {count} row(s) with new UUID4s, {PUBLIC_ID_BATCH} rows per statement" \
             in [f"  {line}" for line in result.steps]
         await assert_holds(store, records, [])
+    finally:
+        await store.close()
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_migrate_a_version_4_database_to_5(database):
+    """Every record and group kept; fingerprint NULL-able with its unique index kept, the
+    groups' expected_file_count and the device table there with the types a new database
+    gets; records of docks' files (no fingerprint) then go in beside Pilot records, and a
+    version-4 server's rows (with a fingerprint) still do."""
+    prefix = database.prefix()
+    database.create_v4(prefix)
+    table = f"{prefix}media_file"
+    versions = database.versions(prefix)
+    assert versions.column_not_null(table, "fingerprint")  # as version 4 made it
+    records = edge_records()
+    groups = edge_groups()
+    fill_v1(database, prefix, records, groups, fields=V3_FIELDS)
+    ids = {row[0] for row in database.sql(f"SELECT `public_id` FROM `{table}`")}
+    config = database.config(prefix)
+
+    dry = run_cli("migrate", "--config", config, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines()[1:] == ["schema: version 4; this dji_media works with version 5",
+                                           *v5_lines(database, prefix), "dry run: nothing was changed"]
+    assert version_rows(database, prefix) == [4] and versions.column_not_null(table, "fingerprint")
+
+    done = run_cli("migrate", "--config", config)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1:] == ["schema: version 4; this dji_media works with version 5",
+                                            *v5_lines(database, prefix), "migrated: schema version 5"]
+    assert version_rows(database, prefix) == [5]
+    assert not versions.column_not_null(table, "fingerprint")
+    assert versions.has_index(table, ("workspace_id", "fingerprint"), unique=True)
+    assert {row[0] for row in database.sql(f"SELECT `public_id` FROM `{table}`")} == ids  # kept, not made again
+    assert column_types(database, f"{prefix}file_group")["expected_file_count"][1] is True
+    devices = column_types(database, f"{prefix}device")
+    assert {name: nullable for name, (_, nullable) in devices.items()} == {
+        "gateway_sn": False, "workspace_id": False, "bound_at": False, "note": True}
+    fresh = database.prefix()
+    store = database.store(fresh)
+    await store.ping()
+    await store.close()
+    assert shape(database, prefix) == shape(database, fresh)
+
+    store = database.store(prefix)
+    try:
+        public_ids = {(await store.get(r.workspace_id, r.file.fingerprint)).public_id for r in records}
+        assert public_ids == ids
+        for g in groups:
+            assert await store.get_group(g.workspace_id, g.file_group_id) == g  # expected count None
+        # Docks' records: several without a fingerprint in one workspace, keyed by object key.
+        docks = [await store.upsert("ws-a", MediaFile(fingerprint=None, object_key=f"media/ws-a/dock/{i}.jpeg"))
+                 for i in range(3)]
+        again = await store.upsert("ws-a", MediaFile(fingerprint=None, object_key="media/ws-a/dock/0.jpeg"))
+        assert again.revision == docks[0].revision + 1 and again.public_id == docks[0].public_id
+        found = await store.records_by_object_key("ws-a", "media/ws-a/dock/", "media/ws-a/dock/~", 10)
+        assert [r.file.object_key for r in found] == [d.file.object_key for d in docks]
+        group = await store.save_mission_expectation("ws-a", "g1", 14)
+        assert (group.file_count, group.file_uploaded_count, group.expected_file_count) == (10, 3, 14)
+        # A version-4 server, still running, writes a row with a fingerprint as before.
+        v3_insert(database, table, "ws-a", "OLD-SERVER", "media/ws-a/old-server.jpg")
+        assert (await store.get("ws-a", "OLD-SERVER")).file.object_key == "media/ws-a/old-server.jpg"
     finally:
         await store.close()

@@ -17,6 +17,13 @@ from ..interfaces import MediaStore, ObjectStore
 from ..values import FileGroup, GroupReport, ListingPage, MediaFile, MediaRecord, ObjectInfo, utc_now
 
 
+def _ident(file: MediaFile) -> str:
+    """A record's key within its workspace: its fingerprint, or for a file without one (a
+    dock's) its object key behind a NUL, which no fingerprint holds (rules refuse control
+    characters), so the two kinds never meet in ``get``."""
+    return file.fingerprint if file.fingerprint is not None else "\x00" + file.object_key
+
+
 class InMemoryMediaStore(MediaStore):
     """A MediaStore in a dict. Each method completes without awaiting, so it is atomic on the
     event loop. ``unavailable`` makes every call fail as a database outage would.
@@ -28,7 +35,7 @@ class InMemoryMediaStore(MediaStore):
 
     def __init__(self, *, clock: Callable[[], _dt.datetime] = utc_now) -> None:
         self._records: Dict[Tuple[str, str], MediaRecord] = {}
-        # Which fingerprint holds each (workspace, object key): one object key, one record.
+        # Which record (``_ident``) holds each (workspace, object key): one object key, one record.
         self._by_object_key: Dict[Tuple[str, str], str] = {}
         self._groups: Dict[Tuple[str, str], FileGroup] = {}
         self._leases: Dict[str, Tuple[str, _dt.datetime]] = {}
@@ -43,21 +50,22 @@ class InMemoryMediaStore(MediaStore):
         return object.__getattribute__(self, name)
 
     def _put(self, record: MediaRecord) -> None:
-        key = (record.workspace_id, record.file.fingerprint)
+        key = (record.workspace_id, _ident(record.file))
         old = self._records.get(key)
         if old is not None and old.file.object_key != record.file.object_key:
             self._by_object_key.pop((record.workspace_id, old.file.object_key), None)
         self._records[key] = record
-        self._by_object_key[(record.workspace_id, record.file.object_key)] = record.file.fingerprint
+        self._by_object_key[(record.workspace_id, record.file.object_key)] = key[1]
 
     def _drop(self, key: Tuple[str, str]) -> None:
         record = self._records.pop(key)
         place = (record.workspace_id, record.file.object_key)
-        if self._by_object_key.get(place) == record.file.fingerprint:
+        if self._by_object_key.get(place) == key[1]:
             del self._by_object_key[place]
 
     async def get(self, workspace_id: str, fingerprint: str) -> Optional[MediaRecord]:
-        return self._records.get((workspace_id, fingerprint))
+        record = self._records.get((workspace_id, fingerprint))
+        return record if record is not None and record.file.fingerprint is not None else None
 
     async def find_by_tiny_fingerprints(
         self, workspace_id: str, tiny_fingerprints: Sequence[str]
@@ -69,11 +77,12 @@ class InMemoryMediaStore(MediaStore):
         ]
 
     async def upsert(self, workspace_id: str, file: MediaFile) -> MediaRecord:
-        key = (workspace_id, file.fingerprint)
+        key = (workspace_id, _ident(file))
         now = self._clock()
-        # One object key, one record: another fingerprint's record of this key goes.
+        # One object key, one record: another fingerprint's record of this key goes (a dock's
+        # record of the key, too, and a dock's write replaces a Pilot record of its key).
         holder = self._by_object_key.get((workspace_id, file.object_key))
-        if holder is not None and holder != file.fingerprint:
+        if holder is not None and holder != key[1]:
             self._drop((workspace_id, holder))
         old = self._records.get(key)
         if old is not None:
@@ -96,13 +105,13 @@ class InMemoryMediaStore(MediaStore):
 
     async def mark_verified(self, records: Sequence[MediaRecord], when: _dt.datetime) -> None:
         for record in records:
-            key = (record.workspace_id, record.file.fingerprint)
+            key = (record.workspace_id, _ident(record.file))
             current = self._records.get(key)
             if current is not None and current.revision == record.revision:
                 self._records[key] = dataclasses.replace(current, verified_at=when)
 
     async def forget(self, record: MediaRecord) -> bool:
-        key = (record.workspace_id, record.file.fingerprint)
+        key = (record.workspace_id, _ident(record.file))
         current = self._records.get(key)
         if current is None or current.revision != record.revision:
             return False
@@ -114,7 +123,7 @@ class InMemoryMediaStore(MediaStore):
         # already (stored, or earlier in this call) is not inserted: the first wins.
         inserted = []
         for record in records:
-            key = (record.workspace_id, record.file.fingerprint)
+            key = (record.workspace_id, _ident(record.file))
             free = key not in self._records and (record.workspace_id, record.file.object_key) not in self._by_object_key
             inserted.append(free)
             if free:
@@ -129,7 +138,22 @@ class InMemoryMediaStore(MediaStore):
             file_uploaded_count=report.file_uploaded_count,
             updated_at=self._clock(),
         )
+        old = self._groups.get((workspace_id, report.file_group_id))
+        if old is not None and old.expected_file_count is not None:
+            # A device's totals leave a dock's expectation as it was.
+            group = dataclasses.replace(group, expected_file_count=old.expected_file_count)
         self._groups[(workspace_id, report.file_group_id)] = group
+        return group
+
+    async def save_mission_expectation(self, workspace_id: str, file_group_id: str,
+                                       expected_file_count: int) -> FileGroup:
+        old = self._groups.get((workspace_id, file_group_id))
+        group = FileGroup(
+            workspace_id=workspace_id, file_group_id=file_group_id,
+            file_count=old.file_count if old is not None else 0,
+            file_uploaded_count=old.file_uploaded_count if old is not None else 0,
+            updated_at=self._clock(), expected_file_count=expected_file_count)
+        self._groups[(workspace_id, file_group_id)] = group
         return group
 
     async def get_group(self, workspace_id: str, file_group_id: str) -> Optional[FileGroup]:
@@ -146,18 +170,18 @@ class InMemoryMediaStore(MediaStore):
         low = after.encode("utf-8") if after is not None else None
         high = upto.encode("utf-8") if upto is not None else None
         chosen = []
-        for (ws, object_key), fingerprint in self._by_object_key.items():
+        for (ws, object_key), ident in self._by_object_key.items():
             if ws != workspace_id:
                 continue
             encoded = object_key.encode("utf-8")
             if (low is None or encoded > low) and (high is None or encoded <= high):
-                chosen.append((encoded, fingerprint))
+                chosen.append((encoded, ident))
         chosen.sort()
-        return [self._records[(workspace_id, fingerprint)] for _, fingerprint in chosen[:max(limit, 0)]]
+        return [self._records[(workspace_id, ident)] for _, ident in chosen[:max(limit, 0)]]
 
     async def confirm(self, confirmations: Sequence[Tuple[MediaRecord, ObjectInfo]], when: _dt.datetime) -> None:
         for record, info in confirmations:
-            key = (record.workspace_id, record.file.fingerprint)
+            key = (record.workspace_id, _ident(record.file))
             current = self._records.get(key)
             if current is None or current.revision != record.revision:
                 continue

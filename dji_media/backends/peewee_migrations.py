@@ -28,7 +28,7 @@ import zlib
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type
 
 import peewee
-from playhouse.migrate import SchemaMigrator
+from playhouse.migrate import SchemaMigrator, make_index_name
 
 from ..errors import DatabaseUnavailable, SchemaMismatch
 from ..values import SchemaMigration
@@ -271,11 +271,53 @@ def _superseded(schema: "SchemaVersions", has_public_id: bool) -> List[Tuple[int
     return found
 
 
+def _to_5(schema: "SchemaVersions") -> List[Change]:
+    # Docks: records without a fingerprint (a dock's file is identified by (workspace_id,
+    # object_key), unique since version 4), a mission's expected file count, and the table of
+    # which workspace each dock belongs to. The unique (workspace_id, fingerprint) index stays:
+    # NULLs never collide in it (SQLite, PostgreSQL, InnoDB).
+    db, table, q = schema.db, schema.media_table, schema.quote
+    t = q(table)
+    group_table = schema.group_model._meta.table_name
+
+    def fingerprint_nullable() -> None:
+        if schema.sqlite:  # SQLite cannot change a column: the table is built again, as it now is
+            schema.rebuild_media_table()
+        elif schema.postgresql:
+            db.execute_sql(f"ALTER TABLE {t} ALTER COLUMN {q('fingerprint')} DROP NOT NULL")
+        else:
+            # The column keeps the table's (binary) collation, which MODIFY does not change. The
+            # unique indexes on nullable columns are made again in the same statement (one table
+            # rebuild either way): InnoDB lists unique keys on NOT NULL columns first, then the
+            # others in the order they were added, so this orders them as a new table has them.
+            index = q(make_index_name(table, ("workspace_id", "fingerprint")))
+            key_index = q(object_key_index_name(table))
+            db.execute_sql(f"ALTER TABLE {t} MODIFY {q('fingerprint')} VARCHAR(64) NULL, "
+                           f"DROP INDEX {index}, DROP INDEX {key_index}, "
+                           f"ADD UNIQUE INDEX {index} ({q('workspace_id')}, {q('fingerprint')}), "
+                           f"ADD UNIQUE INDEX {key_index} ({q('workspace_id')}, {q(MYSQL_OBJECT_KEY_BYTES)})")
+
+    def add_expected() -> None:
+        schema.migrator.add_column(group_table, "expected_file_count", peewee.BigIntegerField(null=True)).run()
+
+    return [
+        Change(f"make fingerprint NULL-able in {table} (records of docks' files have none)"
+               + (f" (SQLite: {table} is copied into a new table)" if schema.sqlite else ""),
+               lambda: not schema.column_not_null(table, "fingerprint"), fingerprint_nullable),
+        Change(f"add column expected_file_count BIGINT NULL to {group_table}",
+               lambda: schema.has_column(group_table, "expected_file_count"), add_expected),
+        Change(f"create table {schema.device_table} (which workspace each dock belongs to)",
+               lambda: schema.table_exists(schema.device_table),
+               lambda: schema.create_tables([schema.device_model])),
+    ]
+
+
 # In order; STEPS[i] brings a database to version i + 2 (version 1 is the first release's).
 STEPS: Tuple[Step, ...] = (
     Step(2, _to_2),
     Step(3, _to_3),
     Step(4, _to_4),
+    Step(5, _to_5),
 )
 if [step.version for step in STEPS] != list(range(2, SCHEMA_VERSION + 1)):  # pragma: no cover
     raise AssertionError("STEPS must lead, one version at a time, from 1 to SCHEMA_VERSION")
@@ -292,10 +334,12 @@ class SchemaVersions:
         self.models = list(models)
         # Model classes built at run time: their columns are not declared types.
         self.media_model: Any
-        self.schema_model, self.media_model, _group, self.task_model = models
+        self.group_model: Any
+        self.schema_model, self.media_model, self.group_model, self.task_model, self.device_model = models
         self.schema_table = self.schema_model._meta.table_name
         self.media_table = self.media_model._meta.table_name
         self.task_table = self.task_model._meta.table_name
+        self.device_table = self.device_model._meta.table_name
         self.sqlite = isinstance(db, peewee.SqliteDatabase)
         self.postgresql = isinstance(db, peewee.PostgresqlDatabase)
         self.mysql = isinstance(db, peewee.MySQLDatabase)

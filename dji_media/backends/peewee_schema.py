@@ -22,7 +22,7 @@ from ..errors import BadRequest
 log = logging.getLogger("dji_media.peewee")
 
 # The version of the tables below; ``peewee_migrations`` upgrades older databases to it.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # SQLite allows 999 parameters per statement in old builds; stay well below.
 QUERY_CHUNK = 500
 # URL schemes given a connection pool of max_workers connections (playhouse's "+pool" schemes
@@ -232,9 +232,9 @@ def _storable(text: str) -> bool:
 
 
 def table_names(table_prefix: str) -> Dict[str, str]:
-    """The store's tables by role (``schema``, ``media_file``, ``file_group``, ``task``), in
-    the order they may be dropped: each name is ``table_prefix`` + role."""
-    return {role: f"{table_prefix}{role}" for role in ("task", "file_group", "media_file", "schema")}
+    """The store's tables by role (``schema``, ``media_file``, ``file_group``, ``task``,
+    ``device``), in the order they may be dropped: each name is ``table_prefix`` + role."""
+    return {role: f"{table_prefix}{role}" for role in ("device", "task", "file_group", "media_file", "schema")}
 
 
 class _MySQLObjectKeyBytes(peewee.Field):
@@ -244,7 +244,8 @@ class _MySQLObjectKeyBytes(peewee.Field):
 
 def _build_models(db: peewee.Database, table_prefix: str) -> Tuple[Type[peewee.Model], ...]:
     """Model classes bound to this store's database, so several stores can coexist: the schema
-    row, media files, file groups and tasks (leases and task state), in that order.
+    row, media files, file groups, tasks (leases and task state) and devices (which workspace
+    each dock belongs to, ``peewee_devices``), in that order.
 
     Integers that come from devices are BIGINT (SQLite's INTEGER is 64-bit already). On MySQL,
     timestamps are DATETIME(6) and raw_json LONGTEXT, and the tables get a binary collation
@@ -279,7 +280,10 @@ def _build_models(db: peewee.Database, table_prefix: str) -> Tuple[Type[peewee.M
         # Upserts that hit an existing row still consume an id on PostgreSQL and MySQL.
         id = peewee.BigAutoField()
         workspace_id = peewee.CharField(max_length=64)
-        fingerprint = peewee.CharField(max_length=64)
+        # NULL (version 5) for a dock's file: docks send no fingerprint, and the record is
+        # identified by (workspace_id, object_key), unique since version 4. NULLs never collide
+        # in the unique (workspace_id, fingerprint) index on SQLite, PostgreSQL or InnoDB.
+        fingerprint = peewee.CharField(max_length=64, null=True)
         tiny_fingerprint = peewee.CharField(max_length=128, null=True)
         object_key = peewee.CharField(max_length=1024, collation='"C"' if postgresql else None)
         name = peewee.CharField(max_length=255, null=True)
@@ -338,6 +342,8 @@ def _build_models(db: peewee.Database, table_prefix: str) -> Tuple[Type[peewee.M
         file_count = peewee.BigIntegerField()
         file_uploaded_count = peewee.BigIntegerField()
         updated_at = DateTimeField()  # UTC
+        # Version 5: the mission's expected total as a dock announced it (NULL: none did).
+        expected_file_count = peewee.BigIntegerField(null=True)
 
         class Meta:
             table_name = table_names(table_prefix)["file_group"]
@@ -355,4 +361,14 @@ def _build_models(db: peewee.Database, table_prefix: str) -> Tuple[Type[peewee.M
         class Meta:
             table_name = table_names(table_prefix)["task"]
 
-    return SchemaInfo, MediaRow, GroupRow, TaskRow
+    class DeviceRow(Base):
+        # Version 5: the workspace each dock (gateway) is bound to (peewee_devices).
+        gateway_sn = peewee.CharField(max_length=128, primary_key=True)
+        workspace_id = peewee.CharField(max_length=64, index=True)
+        bound_at = DateTimeField()  # UTC
+        note = peewee.CharField(max_length=255, null=True)
+
+        class Meta:
+            table_name = table_names(table_prefix)["device"]
+
+    return SchemaInfo, MediaRow, GroupRow, TaskRow, DeviceRow

@@ -71,8 +71,14 @@ class MediaStatements:
         # Object keys in the byte order of their UTF-8 (see peewee_schema._build_models): MySQL
         # compares the binary copy, with the bounds sent as bytes.
         key = q(MYSQL_OBJECT_KEY_BYTES) if self._mysql else q("object_key")
+        # A dock's record (no fingerprint) of the key goes too: "<>" alone is never true of NULL.
         self.supersede = (f"DELETE FROM {table} WHERE {q('workspace_id')} = {p} AND {key} = {p} "
-                          f"AND {q('fingerprint')} <> {p}")
+                          f"AND ({q('fingerprint')} <> {p} OR {q('fingerprint')} IS NULL)")
+        # A file without a fingerprint (a dock's) is its object key's record: a record of the
+        # key with a fingerprint goes, and the one without is found by key.
+        self.supersede_by_key = (f"DELETE FROM {table} WHERE {q('workspace_id')} = {p} AND {key} = {p} "
+                                 f"AND {q('fingerprint')} IS NOT NULL")
+        self.get_by_key = self._select + f"{key} = {p} AND {q('fingerprint')} IS NULL"
         self._by_key: Dict[Tuple[bool, bool], str] = {}
         for after in (False, True):
             for upto in (False, True):
@@ -123,6 +129,11 @@ class MediaStatements:
                 return f"{table}.{q(c)}"
             head = (f"INSERT INTO {table} ({columns}) VALUES ({values}) "
                     f"ON CONFLICT ({q('workspace_id')}, {q('fingerprint')}) DO UPDATE SET ")
+        if self._mysql:  # any unique key: here the (workspace_id, object_key_bytes) one
+            key_head = head
+        else:
+            key_head = (f"INSERT INTO {table} ({columns}) VALUES ({values}) "
+                        f"ON CONFLICT ({q('workspace_id')}, {q('object_key')}) DO UPDATE SET ")
         assignments = [f"{q('revision')} = {old('revision')} + 1"]
         for c in (*_MEDIA_FIELDS, "updated_at"):
             value = f"COALESCE({new(c)}, {old(c)})" if c in _KEEP_WHEN_NULL else new(c)
@@ -130,8 +141,13 @@ class MediaStatements:
         # A rewritten object is unconfirmed, and what storage said of the old bytes is void.
         assignments += [f"{q(c)} = NULL" for c in ("verified_at", "etag", "size")]
         self.upsert = head + ", ".join(assignments)
+        # A file without a fingerprint, upserted on its object key. Should a record of the key
+        # with a fingerprint be committed between this transaction's DELETE and INSERT, the
+        # conflict lands on it: it becomes the dock's record (fingerprint NULL), as the DELETE meant.
+        self.upsert_by_key = key_head + ", ".join([*assignments, f"{q('fingerprint')} = NULL"])
         if self.returning:
             self.upsert += f" RETURNING {select_list}"
+            self.upsert_by_key += f" RETURNING {select_list}"
 
     def tiny(self, count: int) -> str:
         """The lookup of ``count`` tiny fingerprints (one text per chunk size, kept)."""
@@ -162,6 +178,8 @@ class MediaStatements:
         return (workspace_id, file.fingerprint, *values, 1, now, now, str(uuid.uuid4()))
 
     def supersede_params(self, workspace_id: str, file: MediaFile) -> Tuple[Any, ...]:
+        if file.fingerprint is None:
+            return (workspace_id, self.key_param(file.object_key))
         return (workspace_id, self.key_param(file.object_key), file.fingerprint)
 
     def record(self, row: Sequence[Any]) -> MediaRecord:

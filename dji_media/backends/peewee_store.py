@@ -39,6 +39,7 @@ from .peewee_schema import (  # noqa: F401 - open_database and _build_models are
     _MYSQL_COLLATIONS,
     CONFLICT_ATTEMPTS,
     ETAG_LENGTH,
+    MYSQL_OBJECT_KEY_BYTES,
     POOL_WAIT_SECONDS,
     QUERY_CHUNK,
     _aware_utc,
@@ -58,6 +59,15 @@ log = logging.getLogger("dji_media.peewee")
 
 T = TypeVar("T")
 _T = TypeVar("_T")
+
+
+# insert_missing keys a record by its fingerprint, or one without (a dock's) by its object key
+# behind a NUL, which no stored fingerprint holds (_check_storable refuses it).
+_BY_KEY = "\x00"
+
+
+def _ident(file: MediaFile) -> str:
+    return file.fingerprint if file.fingerprint is not None else _BY_KEY + str(file.object_key)
 
 
 class PeeweeMediaStore(MediaStore):
@@ -118,7 +128,7 @@ class PeeweeMediaStore(MediaStore):
         self._pooled = isinstance(self.db, PooledDatabase) and not isinstance(self.db, peewee.SqliteDatabase)
         # Model classes built at run time for this prefix: their columns are not declared types.
         models: Tuple[Any, ...] = _build_models(self.db, table_prefix)
-        self._schema, self._media, self._group, self._task = models
+        self._schema, self._media, self._group, self._task, self._device = models
         self._create_tables = create_tables
         self._versions = SchemaVersions(self.db, models, table_prefix, self._mysql_collation)
         self._schema_ready = False
@@ -293,7 +303,8 @@ class PeeweeMediaStore(MediaStore):
         "file_group": ..., "task": ...}``, each name being ``table_prefix`` + role. A new dict
         on each call."""
         return {"schema": self._schema._meta.table_name, "media_file": self._media._meta.table_name,
-                "file_group": self._group._meta.table_name, "task": self._task._meta.table_name}
+                "file_group": self._group._meta.table_name, "task": self._task._meta.table_name,
+                "device": self._device._meta.table_name}
 
     async def _run(self, fn, *args):
         """A read, on one of the pool's threads (writes go through ``_write``)."""
@@ -318,7 +329,7 @@ class PeeweeMediaStore(MediaStore):
         return FileGroup(
             workspace_id=row.workspace_id, file_group_id=row.file_group_id,
             file_count=row.file_count, file_uploaded_count=row.file_uploaded_count,
-            updated_at=updated_at,
+            updated_at=updated_at, expected_file_count=row.expected_file_count,
         )
 
     def _upsert_query(self, model: Any, row: Dict[str, Any], conflict: Sequence[Any],
@@ -364,14 +375,20 @@ class PeeweeMediaStore(MediaStore):
 
     def _upsert_one(self, workspace_id: str, file: MediaFile) -> MediaRecord:
         row = None
+        by_key = file.fingerprint is None  # a dock's file: its object key is its identity
         for _ in range(2):
             # One object key, one record: the object's bytes are this file's now, so a record
             # of another fingerprint that names the same key goes, in the same transaction.
-            self.db.execute_sql(self._sql.supersede, self._sql.supersede_params(workspace_id, file))
-            cursor = self.db.execute_sql(self._sql.upsert,
+            self.db.execute_sql(self._sql.supersede_by_key if by_key else self._sql.supersede,
+                                self._sql.supersede_params(workspace_id, file))
+            cursor = self.db.execute_sql(self._sql.upsert_by_key if by_key else self._sql.upsert,
                                          self._sql.upsert_params(workspace_id, file, _naive_utc(utc_now())))
             if not self._sql.returning:  # MySQL: read back in the same transaction
-                cursor = self.db.execute_sql(self._sql.get, (workspace_id, file.fingerprint))
+                if by_key:
+                    cursor = self.db.execute_sql(self._sql.get_by_key,
+                                                 (workspace_id, self._sql.key_param(file.object_key)))
+                else:
+                    cursor = self.db.execute_sql(self._sql.get, (workspace_id, file.fingerprint))
             row = cursor.fetchone()
             if row is not None:
                 break
@@ -393,8 +410,12 @@ class PeeweeMediaStore(MediaStore):
         # Grouped by (workspace, revision) so that one UPDATE covers many rows, and a row
         # rewritten since it was read (a higher revision) stays unverified.
         groups: Dict[Tuple[str, int], List[str]] = {}
+        docks: List[MediaRecord] = []  # records without a fingerprint: by object key
         for r in records:
-            groups.setdefault((r.workspace_id, r.revision), []).append(r.file.fingerprint)
+            if r.file.fingerprint is None:
+                docks.append(r)
+            else:
+                groups.setdefault((r.workspace_id, r.revision), []).append(r.file.fingerprint)
         keys = list(groups.items())
 
         def write() -> None:
@@ -404,14 +425,18 @@ class PeeweeMediaStore(MediaStore):
                         (m.workspace_id == workspace_id) & (m.revision == revision)
                         & m.fingerprint.in_(fingerprints[start:start + QUERY_CHUNK])
                     ).execute()
+            for r in docks:
+                m.update(verified_at=stamp).where(self._dock_row(r)).execute()
 
-        if keys:
+        if keys or docks:
             await self._write(write)
 
     async def forget(self, record: MediaRecord) -> bool:
         m = self._media
 
         def delete() -> bool:
+            if record.file.fingerprint is None:
+                return m.delete().where(self._dock_row(record)).execute() > 0
             count = m.delete().where(
                 (m.workspace_id == record.workspace_id)
                 & (m.fingerprint == record.file.fingerprint)
@@ -420,6 +445,32 @@ class PeeweeMediaStore(MediaStore):
             return count > 0
 
         return await self._write(delete)
+
+    def _dock_row(self, record: MediaRecord) -> Any:
+        """The condition that finds a record without a fingerprint at its revision: (workspace,
+        object key), compared as the unique index compares keys (MySQL: the binary copy)."""
+        m = self._media
+        column = getattr(m, MYSQL_OBJECT_KEY_BYTES) if isinstance(self.db, peewee.MySQLDatabase) else m.object_key
+        return ((m.workspace_id == record.workspace_id) & (column == self._sql.key_param(record.file.object_key))
+                & m.fingerprint.is_null() & (m.revision == record.revision))
+
+    async def save_mission_expectation(self, workspace_id: str, file_group_id: str,
+                                       expected_file_count: int) -> FileGroup:
+        """See ``MediaStore.save_mission_expectation``: one upsert that sets only the expected
+        count (and the time), so the counts a device reported stay; a new group starts at 0."""
+        g = self._group
+        _check_storable(workspace_id, GroupReport(file_group_id, expected_file_count, 0))
+
+        def write() -> FileGroup:
+            now = _naive_utc(utc_now())
+            row = dict(workspace_id=workspace_id, file_group_id=file_group_id, file_count=0,
+                       file_uploaded_count=0, updated_at=now, expected_file_count=expected_file_count)
+            update = {g.expected_file_count: expected_file_count, g.updated_at: now}
+            self._upsert_query(g, row, [g.workspace_id, g.file_group_id], update).execute()
+            return self._group_value(
+                g.get((g.workspace_id == workspace_id) & (g.file_group_id == file_group_id)))
+
+        return await self._write(write)
 
     async def save_group(self, workspace_id: str, report: GroupReport) -> FileGroup:
         g = self._group
@@ -466,13 +517,13 @@ class PeeweeMediaStore(MediaStore):
         taken: Set[Tuple[str, Any]] = set()
         for record in records:
             _check_storable(record.workspace_id, record.file)
-            key = (record.workspace_id, record.file.fingerprint)
+            key = (record.workspace_id, _ident(record.file))
             object_key = record.file.object_key
             # None is not a key: the database refuses it (NOT NULL), and that error is raised.
             place = (key[0], self._sql.key_param(object_key)) if isinstance(object_key, str) else None
             if key not in rows and (place is None or place not in taken):
                 values = {name: getattr(record.file, name) for name in _MEDIA_FIELDS}
-                values.update(workspace_id=key[0], fingerprint=key[1], revision=record.revision,
+                values.update(workspace_id=key[0], fingerprint=record.file.fingerprint, revision=record.revision,
                               created_time=_naive_utc(record.file.created_time),
                               created_at=_naive_utc(record.created_at), updated_at=_naive_utc(record.updated_at),
                               verified_at=_naive_utc(record.verified_at), etag=record.etag, size=record.size,
@@ -514,12 +565,17 @@ class PeeweeMediaStore(MediaStore):
                 by_workspace.setdefault(k[0], []).append(k)
             found: Set[Tuple[str, str]] = set()
             for workspace_id, mine in by_workspace.items():
-                fingerprints = [k[1] for k in mine]
+                # A record without a fingerprint is held only by its object key.
+                fingerprints = [k[1] for k in mine if not k[1].startswith(_BY_KEY)]
                 places = [object_keys[k] for k in mine if k in object_keys]
-                sql = select_head + f"({q('fingerprint')} IN (" + ", ".join([param] * len(fingerprints)) + ")"
+                held = []
+                if fingerprints:
+                    held.append(f"{q('fingerprint')} IN (" + ", ".join([param] * len(fingerprints)) + ")")
                 if places:
-                    sql += f" OR {key_column} IN (" + ", ".join([param] * len(places)) + ")"
-                sql += ")"
+                    held.append(f"{key_column} IN (" + ", ".join([param] * len(places)) + ")")
+                if not held:
+                    continue
+                sql = select_head + "(" + " OR ".join(held) + ")"
                 if latest and self.db.for_update:
                     # A locking read sees rows committed after this transaction's snapshot
                     # (MySQL's REPEATABLE READ would not show them to a plain SELECT).
@@ -558,7 +614,7 @@ class PeeweeMediaStore(MediaStore):
         inserted = await self._write(write)
         result = []
         for record in records:
-            key = (record.workspace_id, record.file.fingerprint)
+            key = (record.workspace_id, _ident(record.file))
             result.append(key in inserted)
             inserted.discard(key)  # later records with the same key were not inserted
         return result
@@ -630,10 +686,15 @@ class PeeweeMediaStore(MediaStore):
         # Grouped by (workspace, revision), as mark_verified: one UPDATE covers many rows, and
         # a row rewritten since it was read (a higher revision) is left alone.
         groups: Dict[Tuple[str, int], List[Tuple[str, Optional[str], Optional[int]]]] = {}
+        docks: List[Tuple[MediaRecord, Optional[str], Optional[int]]] = []  # no fingerprint: by key
         for record, info in confirmations:
             etag = info.etag if isinstance(info.etag, str) and len(info.etag) <= ETAG_LENGTH \
                 and _storable(info.etag) else None
             size = info.size if isinstance(info.size, int) and info.size in _INT64 else None
+            if record.file.fingerprint is None:
+                if _storable(record.workspace_id) and _storable(record.file.object_key):
+                    docks.append((record, etag, size))
+                continue
             groups.setdefault((record.workspace_id, record.revision), []).append(
                 (record.file.fingerprint, etag, size))
         q, p = self._versions.quote, self.db.param
@@ -662,11 +723,16 @@ class PeeweeMediaStore(MediaStore):
                        + ", ".join([p] * len(fingerprints)) + ")")
                 statements.append((sql, [stamp, *etag_params, *size_params, workspace_id, revision, *fingerprints]))
 
+        m = self._media
+
         def write() -> None:
             for sql, params in statements:
                 self.db.execute_sql(sql, params)
+            for record, etag, size in docks:
+                m.update(verified_at=stamp, etag=peewee.fn.COALESCE(m.etag, etag),
+                         size=peewee.fn.COALESCE(m.size, size)).where(self._dock_row(record)).execute()
 
-        if statements:
+        if statements or docks:
             await self._write(write)
 
     @staticmethod

@@ -596,6 +596,150 @@ class MediaStoreContract:
         assert await one.load_task_state("brief") is None
 
 
+    # ------------------------------------------- records without a fingerprint (docks)
+
+    @staticmethod
+    def _dock_file(name: str = "DJI_20240411163430_0001_V.jpeg", **changes: Any) -> MediaFile:
+        """A file as a dock reports it: no fingerprint, no tiny fingerprint, a zone-less time."""
+        values: Dict[str, Any] = dict(
+            fingerprint=None, object_key=f"media/ws/DJI_202404111632_005_ac793856/{name}", name=name,
+            path="DJI_202404111632_005_ac793856", file_group_id="ac793856", job_id="ac793856",
+            drone_model_key="0-91-0", payload_model_key="1-81-0", is_original=True, sn="1581F5BKD223Q00A",
+            gimbal_yaw_degree=-91.4, absolute_altitude=56.311, relative_altitude=41.124,
+            created_time_text="2024-04-11 16:34:30", shoot_lat=22.1, shoot_lng=113.9,
+            raw_json='{"method":"file_upload_callback"}')
+        values.update(changes)
+        return MediaFile(**values)
+
+    async def _by_key(self, store: Any, workspace_id: str, object_key: str) -> Any:
+        found = await store.records_by_object_key(workspace_id, None, None, 1000)
+        return [r for r in found if r.file.object_key == object_key]
+
+    @pytest.mark.gen_test
+    async def test_a_record_without_a_fingerprint_round_trips(self, media_store):
+        self._requires(media_store, "sweep_records")
+        file = self._dock_file()
+        record = await media_store.upsert("ws", file)
+        assert record.file == file and record.revision >= 1 and record.public_id
+        assert (record.verified_at, record.etag, record.size) == (None, None, None)
+        assert await self._by_key(media_store, "ws", file.object_key) == [record]
+        assert await self._by_key(media_store, "ws-b", file.object_key) == []
+
+    @pytest.mark.gen_test
+    async def test_a_record_without_a_fingerprint_is_keyed_by_its_object_key(self, media_store):
+        self._requires(media_store, "sweep_records")
+        first = await media_store.upsert("ws", self._dock_file())
+        again = await media_store.upsert("ws", self._dock_file(relative_altitude=42.0))
+        assert again.revision == first.revision + 1 and again.public_id == first.public_id
+        assert again.file.relative_altitude == 42.0
+        await asyncio.gather(*(media_store.upsert("ws", self._dock_file()) for _ in range(5)))
+        held = await self._by_key(media_store, "ws", first.file.object_key)
+        assert len(held) == 1 and held[0].public_id == first.public_id
+        # Another object key is another record.
+        other = await media_store.upsert("ws", self._dock_file("DJI_20240411163431_0002_V.jpeg"))
+        assert other.public_id != first.public_id
+        assert len(await media_store.records_by_object_key("ws", None, None, 10)) == 2
+
+    @pytest.mark.gen_test
+    async def test_a_record_without_a_fingerprint_is_never_found_by_fingerprint(self, media_store):
+        record = await media_store.upsert("ws", self._dock_file(tiny_fingerprint="dock_tiny"))
+        assert record.file.fingerprint is None
+        for fingerprint in ("", "None", "null", record.file.object_key):
+            assert await media_store.get("ws", fingerprint) is None
+        # A Pilot record elsewhere is unaffected.
+        pilot = await media_store.upsert("ws", sample_file("P1"))
+        assert await media_store.get("ws", "P1") == pilot
+
+    @pytest.mark.gen_test
+    async def test_a_dock_record_and_a_pilot_record_of_one_key_are_one_record(self, media_store):
+        self._requires(media_store, "sweep_records")
+        key = "media/ws/shared/DJI_0001.JPG"
+        pilot = await media_store.upsert("ws", sample_file("P1", object_key=key))
+        dock = await media_store.upsert("ws", self._dock_file(object_key=key))
+        # The dock wrote the key last: its record is the key's, the Pilot record is gone.
+        assert await media_store.get("ws", "P1") is None
+        assert await self._by_key(media_store, "ws", key) == [dock]
+        assert dock.public_id != pilot.public_id
+        # And the other way round: a Pilot upload of the key supersedes the dock's record.
+        again = await media_store.upsert("ws", sample_file("P2", object_key=key))
+        assert await self._by_key(media_store, "ws", key) == [again]
+        assert await media_store.get("ws", "P2") == again
+        # Another workspace's key is another record.
+        elsewhere = await media_store.upsert("ws-b", self._dock_file(object_key=key))
+        assert await self._by_key(media_store, "ws-b", key) == [elsewhere]
+        assert await media_store.get("ws", "P2") == again
+
+    @pytest.mark.gen_test
+    async def test_forget_a_record_without_a_fingerprint(self, media_store):
+        self._requires(media_store, "sweep_records")
+        first = await media_store.upsert("ws", self._dock_file())
+        second = await media_store.upsert("ws", self._dock_file())
+        assert await media_store.forget(first) is False  # rewritten since: kept
+        assert await self._by_key(media_store, "ws", first.file.object_key) == [second]
+        assert await media_store.forget(second) is True
+        assert await self._by_key(media_store, "ws", first.file.object_key) == []
+        assert await media_store.forget(second) is False
+
+    @pytest.mark.gen_test
+    async def test_confirm_and_mark_verified_a_record_without_a_fingerprint(self, media_store):
+        self._requires(media_store, "sweep_records", "sweep_confirm")
+        t1, t2 = (_dt.datetime(2026, 1, 2, 3, 4, s, tzinfo=_dt.timezone.utc) for s in (5, 6))
+        record = await media_store.upsert("ws", self._dock_file())
+        pilot = await media_store.upsert("ws", sample_file("P1"))
+        key = record.file.object_key
+        await media_store.confirm([(record, ObjectInfo(key, "etag-1", 10)),
+                                   (pilot, ObjectInfo(pilot.file.object_key, "etag-p", 5))], t1)
+        [got] = await self._by_key(media_store, "ws", key)
+        assert (got.verified_at, got.etag, got.size, got.revision) == (t1, "etag-1", 10, record.revision)
+        assert (await media_store.get("ws", "P1")).etag == "etag-p"
+        await media_store.mark_verified([got], t2)
+        [got] = await self._by_key(media_store, "ws", key)
+        assert (got.verified_at, got.etag) == (t2, "etag-1")
+        rewritten = await media_store.upsert("ws", self._dock_file())
+        await media_store.confirm([(record, ObjectInfo(key, "etag-2", 20))], t2)
+        assert await self._by_key(media_store, "ws", key) == [rewritten]
+
+    @pytest.mark.gen_test
+    async def test_insert_missing_keys_a_record_without_a_fingerprint_by_object_key(self, media_store):
+        self._requires(media_store, "sweep_records")
+
+        def imported(name: str, workspace_id: str = "ws", **changes: Any) -> MediaRecord:
+            return MediaRecord(
+                workspace_id=workspace_id, file=self._dock_file(name, **changes), revision=1,
+                created_at=_dt.datetime(2021, 3, 4, 5, 6, 7, tzinfo=_dt.timezone.utc),
+                updated_at=_dt.datetime(2021, 3, 5, 6, 7, 8, tzinfo=_dt.timezone.utc),
+                public_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{workspace_id}/{name}")))
+
+        stored = await media_store.upsert("ws", self._dock_file("stored.jpeg"))
+        records = [imported("a.jpeg"), imported("a.jpeg", relative_altitude=1.0), imported("stored.jpeg"),
+                   imported("a.jpeg", workspace_id="ws-b"), self._imported("P1"),
+                   self._imported("P2", object_key=imported("b.jpeg").file.object_key), imported("b.jpeg")]
+        assert await media_store.insert_missing(records) == [True, False, False, True, True, True, False]
+        assert await media_store.insert_missing(records) == [False] * len(records)
+        [got] = await self._by_key(media_store, "ws", records[0].file.object_key)
+        assert got == records[0]
+        assert await self._by_key(media_store, "ws", stored.file.object_key) == [stored]
+        assert (await media_store.get("ws", "P2")).file.object_key == records[-1].file.object_key
+
+    @pytest.mark.gen_test
+    async def test_mission_expectation(self, media_store):
+        self._requires(media_store, "mission_expectations")
+        group = await media_store.save_mission_expectation("ws", "flight-1", 14)
+        assert (group.file_group_id, group.expected_file_count, group.file_count, group.file_uploaded_count) \
+            == ("flight-1", 14, 0, 0)
+        assert await media_store.get_group("ws", "flight-1") == group
+        # A device's totals keep the expectation, and a later expectation keeps the totals.
+        reported = await media_store.save_group("ws", GroupReport("flight-1", 12, 9))
+        assert (reported.file_count, reported.file_uploaded_count, reported.expected_file_count) == (12, 9, 14)
+        later = await media_store.save_mission_expectation("ws", "flight-1", 15)
+        assert (later.file_count, later.file_uploaded_count, later.expected_file_count) == (12, 9, 15)
+        assert await media_store.get_group("ws", "flight-1") == later
+        # Per workspace; a group no dock spoke of has none.
+        assert await media_store.get_group("ws-b", "flight-1") is None
+        plain = await media_store.save_group("ws", GroupReport("flight-2", 3, 3))
+        assert plain.expected_file_count is None
+
+
 class ObjectStoreContract:
     """Fixtures required: ``object_store``; ``put_object(key, data=b"photo")`` (writes or
     overwrites the object) and ``remove_object(key)``, callables that change the bucket behind
