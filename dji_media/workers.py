@@ -326,7 +326,7 @@ def _worker_main(parent: _Supervisor, slot: int, ready_w: int) -> None:
                 w.ready_fd for w in parent.workers.values() if w.ready_fd is not None]:
             os.close(fd)
         code = asyncio.run(_serve_worker(parent.config, parent.sockets, ready_w, parent.lifeline_r,
-                                         parent.fork_blocked))
+                                         parent.fork_blocked, slot))
     except DjiMediaError as exc:
         print(f"dji-media: worker {slot}: {exc.message}", file=sys.stderr)
         code = EXIT_WORKER_START
@@ -366,10 +366,11 @@ def _own_sockets(config: Config, shared: List[socket.socket]) -> List[socket.soc
 
 
 async def _serve_worker(config: Config, sockets: List[socket.socket], ready_w: int, lifeline: int,
-                        blocked: FrozenSet[int]) -> int:
-    # The parent ran the checks, started the embedded S3 server and printed the banner.
+                        blocked: FrozenSet[int], slot: int) -> int:
+    # The parent ran the checks, started the embedded S3 server and printed the banner. The slot
+    # gives the worker a stable MQTT client id: a restarted worker takes its session back.
     runtime = Runtime.from_config(config, sockets=sockets + _own_sockets(config, sockets),
-                                  startup_checks=False, embedded_s3=False, banner=False)
+                                  startup_checks=False, embedded_s3=False, banner=False, worker_index=slot)
     loop = asyncio.get_running_loop()
 
     def parent_gone() -> None:
