@@ -18,13 +18,17 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .access import UPLOAD, authorize, identify_with
 from .capabilities import has_capability
+from .docks import DockUpload, check_dock_upload
 from .errors import BadRequest, StorageUnavailable, Unavailable
 from .interfaces import MIN_CREDENTIAL_SECONDS, Authenticator, CredentialProvider, MediaStore, ObjectStore
 from .rules import (
+    MAX_SHORT_ID,
+    check_count,
     check_fingerprint,
     check_group_report,
     check_media_file,
     check_object_key_form,
+    check_text,
     check_tiny_fingerprints,
     check_workspace_id,
 )
@@ -33,6 +37,7 @@ from .values import (
     FileGroup,
     GroupReport,
     Identity,
+    MediaFile,
     MediaRecord,
     ObjectInfo,
     StorageGrant,
@@ -93,6 +98,9 @@ class MediaService:
     :param verify_concurrency: how many storage checks (HEADs) one request may run at once.
     :param enforce_key_prefix: refuse upload-callbacks whose object key is outside the
         workspace's prefix (see doc/configuration.md for when to turn it off).
+    :param enforce_dock_key_prefix: the same for a dock's ``file_upload_callback``, separately:
+        a dock caches its storage configuration for a long time and may keep writing under a
+        prefix the deployment used before; turn it off (for docks only) while they catch up.
     :param verify_window: seconds during which a storage confirmation (by a HEAD of a request,
         or by the storage sweep, ``dji_media.sweep``) is trusted without asking again (0: ask
         every time). Trade-off: an object deleted behind our back is still reported present
@@ -116,6 +124,7 @@ class MediaService:
         expire_margin: int = 300,
         verify_concurrency: int = 16,
         enforce_key_prefix: bool = True,
+        enforce_dock_key_prefix: bool = True,
         verify_window: float = 0.0,
         max_checks_per_request: int = 32,
         clock: Callable[[], _dt.datetime] = utc_now,
@@ -137,6 +146,7 @@ class MediaService:
         self.expire_margin = expire_margin
         self.verify_concurrency = verify_concurrency
         self.enforce_key_prefix = enforce_key_prefix
+        self.enforce_dock_key_prefix = enforce_dock_key_prefix
         self.verify_window = verify_window
         self.max_checks_per_request = max_checks_per_request
         self.clock = clock
@@ -222,6 +232,54 @@ class MediaService:
             return CallbackOutcome(recorded=False, object_key=key, result=report.result)
         await self.media_store.upsert(workspace_id, report.file)
         return CallbackOutcome(recorded=True, object_key=key, result=0)
+
+    async def record_dock_upload(self, workspace_id: str, report: DockUpload) -> CallbackOutcome:
+        """Store a dock's uploaded file (idempotently, keyed by (workspace, object key): a dock
+        sends no fingerprint); a failed upload is acknowledged, not stored. The mission's
+        expected file count, when the report carries one, is recorded too (latest wins)."""
+        check_workspace_id(workspace_id)
+        check_dock_upload(report)
+        key = report.object_key
+        self._check_object_key(workspace_id, key, enforce=self.enforce_dock_key_prefix)
+        if report.result != 0:
+            log.info("dock file_upload_callback with result=%s for %s/%r: not recorded",
+                     report.result, workspace_id, key)
+            return CallbackOutcome(recorded=False, object_key=key, result=report.result)
+        # "" names no mission (the dock's spelling of none).
+        flight_id = report.flight_id or None
+        file = MediaFile(
+            fingerprint=None,
+            object_key=key,
+            name=report.name,
+            path=report.path,
+            file_group_id=flight_id,
+            job_id=flight_id,
+            drone_model_key=report.drone_model_key,
+            payload_model_key=report.payload_model_key,
+            is_original=report.is_original,
+            sn=report.sn,
+            gimbal_yaw_degree=report.gimbal_yaw_degree,
+            absolute_altitude=report.absolute_altitude,
+            relative_altitude=report.relative_altitude,
+            # The dock's local time without a zone: kept as sent, never converted.
+            created_time=None,
+            created_time_text=report.create_time_text,
+            shoot_lat=report.shoot_lat,
+            shoot_lng=report.shoot_lng,
+            raw_json=report.raw_json,
+        )
+        await self.media_store.upsert(workspace_id, file)
+        if flight_id is not None and report.expected_file_count is not None:
+            await self.media_store.save_mission_expectation(workspace_id, flight_id, report.expected_file_count)
+        return CallbackOutcome(recorded=True, object_key=key, result=0)
+
+    async def record_mission_expectation(self, workspace_id: str, flight_id: str,
+                                         expected_file_count: int) -> None:
+        """Store how many files a dock's mission should have (latest wins)."""
+        check_workspace_id(workspace_id)
+        check_text(flight_id, MAX_SHORT_ID, "flight_id", required=True)
+        check_count(expected_file_count, "expected_file_count")
+        await self.media_store.save_mission_expectation(workspace_id, flight_id, expected_file_count)
 
     async def record_group(self, workspace_id: str, report: GroupReport) -> FileGroup:
         """Store a mission's totals (latest report wins)."""
@@ -362,10 +420,10 @@ class MediaService:
         except Unavailable as exc:
             log.warning("could not record %d storage confirmation(s): %s", len(wanted), exc.message)
 
-    def _check_object_key(self, workspace_id: str, key: str) -> None:
+    def _check_object_key(self, workspace_id: str, key: str, *, enforce: Optional[bool] = None) -> None:
         # A key outside the workspace's prefix would let one workspace claim another's objects.
         check_object_key_form(key)
-        if self.enforce_key_prefix:
+        if self.enforce_key_prefix if enforce is None else enforce:
             prefix = self.credentials.object_key_prefix(workspace_id).rstrip("/") + "/"
             if not key.startswith(prefix):
                 raise BadRequest(f"object_key must start with the workspace prefix {prefix!r}",

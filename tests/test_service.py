@@ -1,6 +1,7 @@
 """Service rules that need no HTTP: answering from the database within the verification
 window and its trade-off, the bounded storage checks of a request, stale records (gone or
-overwritten), and who may do what (authentication, then authorisation by scope)."""
+overwritten), who may do what (authentication, then authorisation by scope), and the docks'
+use cases (a file recorded without a fingerprint, a mission's expected count)."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -22,9 +23,10 @@ from dji_media import (
     Unauthenticated,
 )
 from dji_media.access import ALL_SCOPES, DELETE, DEVICES, READ, UPLOAD
+from dji_media.docks import DockUpload
 from dji_media.service import USE_CASE_SCOPES
 from dji_media.testing.contracts import sample_file
-from dji_media.values import FastUploadQuery, UploadReport, utc_now
+from dji_media.values import FastUploadQuery, GroupReport, UploadReport, utc_now
 
 
 def make(window=0, authenticator=None, store=None, **options):
@@ -307,3 +309,139 @@ def test_identity_old_constructor_forms_still_build():
     assert Identity("s", ["a", "b", "a"], ("read",)) == Identity("s", frozenset({"a", "b"}), frozenset({"read"}))
     with pytest.raises(TypeError):
         Identity("s", ["ws"], "read")  # a string would be its letters
+
+
+# ------------------------------------------------------------------- docks (MQTT transport)
+
+def dock_upload(**changes):
+    values = dict(
+        result=0, object_key="media/ws/DJI_202404111632_005_ac793856/DJI_20240411163430_0001_V.jpeg",
+        name="DJI_20240411163430_0001_V.jpeg", path="DJI_202404111632_005_ac793856", flight_id="ac793856",
+        drone_model_key="0-91-0", payload_model_key="1-81-0", is_original=True, sn="1581F5BKD223Q00A",
+        gateway_sn="4TADKAQ000002J", gimbal_yaw_degree=-91.4, absolute_altitude=56.311, relative_altitude=41.124,
+        create_time_text="2024-04-11 16:34:30", shoot_lat=22.1, shoot_lng=113.9, cloud_to_cloud_id="DEFAULT",
+        raw_json='{"method":"file_upload_callback"}', expected_file_count=14, uploaded_file_count=12,
+        flight_type=0)
+    values.update(changes)
+    return DockUpload(**values)
+
+
+async def dock_records(store, workspace_id="ws"):
+    return await store.records_by_object_key(workspace_id, None, None, 100)
+
+
+@pytest.mark.gen_test
+async def test_a_dock_upload_is_recorded_without_a_fingerprint_once():
+    service, store, _ = make()
+    report = dock_upload()
+    outcome = await service.record_dock_upload("ws", report)
+    assert (outcome.recorded, outcome.object_key, outcome.result) == (True, report.object_key, 0)
+    [record] = await dock_records(store)
+    file = record.file
+    assert file.fingerprint is None and file.tiny_fingerprint is None
+    assert (file.object_key, file.name, file.path) == (report.object_key, report.name, report.path)
+    assert (file.file_group_id, file.job_id) == ("ac793856", "ac793856")
+    assert (file.drone_model_key, file.payload_model_key, file.is_original, file.sn) == (
+        "0-91-0", "1-81-0", True, "1581F5BKD223Q00A")
+    assert (file.gimbal_yaw_degree, file.absolute_altitude, file.relative_altitude) == (-91.4, 56.311, 41.124)
+    # The dock's local time without a zone: kept as sent, none invented.
+    assert (file.created_time, file.created_time_text) == (None, "2024-04-11 16:34:30")
+    assert (file.shoot_lat, file.shoot_lng, file.raw_json) == (22.1, 113.9, report.raw_json)
+    # The mission's expected count came with it.
+    group = await store.get_group("ws", "ac793856")
+    assert group.expected_file_count == 14
+    # The dock sends the event again (no reply reached it): still one record.
+    await service.record_dock_upload("ws", report)
+    [again] = await dock_records(store)
+    assert again.revision == record.revision + 1 and again.public_id == record.public_id
+    # Never an answer to a Pilot's fast-upload.
+    assert await store.get("ws", "") is None
+
+
+@pytest.mark.gen_test
+async def test_a_failed_dock_upload_is_acknowledged_not_recorded():
+    service, store, _ = make()
+    outcome = await service.record_dock_upload("ws", dock_upload(result=3))
+    assert (outcome.recorded, outcome.result) == (False, 3)
+    assert await dock_records(store) == [] and await store.get_group("ws", "ac793856") is None
+
+
+@pytest.mark.gen_test
+async def test_a_dock_upload_without_a_mission_or_counts():
+    service, store, _ = make()
+    await service.record_dock_upload("ws", dock_upload(flight_id="", expected_file_count=None))
+    [record] = await dock_records(store)
+    assert (record.file.file_group_id, record.file.job_id) == (None, None)
+    # Dock 3 sends no flight_task: a mission without a count makes no group.
+    await service.record_dock_upload("ws", dock_upload(object_key="media/ws/b.obs", expected_file_count=None))
+    assert await store.get_group("ws", "ac793856") is None
+
+
+@pytest.mark.gen_test
+async def test_a_dock_upload_is_checked():
+    service, store, _ = make()
+    with pytest.raises(BadRequest) as refused:
+        await service.record_dock_upload("ws", dock_upload(object_key="media/other-ws/a.jpeg"))
+    assert refused.value.field == "object_key"
+    with pytest.raises(BadRequest) as refused:
+        await service.record_dock_upload("ws", dock_upload(object_key="media/ws/../other/a.jpeg"))
+    assert refused.value.field == "object_key"
+    with pytest.raises(BadRequest) as refused:
+        await service.record_dock_upload("a*b", dock_upload())
+    assert refused.value.field == "workspace_id"
+    with pytest.raises(BadRequest) as refused:
+        await service.record_dock_upload("ws", dock_upload(flight_id="f" * 129))
+    assert refused.value.field == "flight_id"
+    with pytest.raises(BadRequest) as refused:
+        await service.record_dock_upload("ws", dock_upload(expected_file_count=-1))
+    assert refused.value.field == "expected_file_count"
+    assert await dock_records(store) == []
+
+
+@pytest.mark.gen_test
+async def test_the_dock_key_prefix_is_enforced_separately():
+    # Docks cache their storage configuration: a deployment that moved its prefix may let
+    # docks write under the old one for a while, and still hold Pilot 2 to the new one.
+    service, store, _ = make(enforce_dock_key_prefix=False)
+    assert service.enforce_key_prefix is True
+    outcome = await service.record_dock_upload("ws", dock_upload(object_key="old-prefix/ws/a.jpeg"))
+    assert outcome.recorded
+    with pytest.raises(BadRequest):
+        await service.record_upload("ws", UploadReport(0, sample_file("F1", object_key="old-prefix/ws/a.jpeg")))
+    with pytest.raises(BadRequest):  # the key's form is checked still
+        await service.record_dock_upload("ws", dock_upload(object_key="/a.jpeg"))
+    service, _, _ = make(enforce_key_prefix=False)
+    assert service.enforce_dock_key_prefix is True
+    with pytest.raises(BadRequest):
+        await service.record_dock_upload("ws", dock_upload(object_key="old-prefix/ws/a.jpeg"))
+
+
+@pytest.mark.gen_test
+async def test_a_dock_upload_supersedes_a_pilot_record_of_its_key():
+    service, store, _ = make()
+    report = dock_upload()
+    await service.record_upload("ws", UploadReport(0, sample_file("F1", object_key=report.object_key)))
+    await service.record_dock_upload("ws", report)
+    assert await store.get("ws", "F1") is None
+    [record] = await dock_records(store)
+    assert record.file.fingerprint is None
+
+
+@pytest.mark.gen_test
+async def test_record_mission_expectation():
+    service, store, _ = make()
+    await service.record_mission_expectation("ws", "flight-1", 20)
+    await service.record_group("ws", GroupReport("flight-1", 18, 7))
+    await service.record_mission_expectation("ws", "flight-1", 21)  # latest wins, the totals stay
+    group = await store.get_group("ws", "flight-1")
+    assert (group.expected_file_count, group.file_count, group.file_uploaded_count) == (21, 18, 7)
+    await service.record_mission_expectation("ws", "flight-2", 0)
+    assert (await store.get_group("ws", "flight-2")).expected_file_count == 0
+    for workspace_id, flight_id, count, field in (("a*b", "f", 1, "workspace_id"), ("ws", "", 1, "flight_id"),
+                                                  ("ws", "f" * 129, 1, "flight_id"),
+                                                  ("ws", "f", -1, "expected_file_count"),
+                                                  ("ws", "f", True, "expected_file_count")):
+        with pytest.raises(BadRequest) as refused:
+            await service.record_mission_expectation(workspace_id, flight_id, count)
+        assert refused.value.field == field
+    assert await store.get_group("ws", "f") is None
