@@ -167,6 +167,17 @@ class FileGroup:
 
 
 @dataclasses.dataclass(frozen=True)
+class DeviceBinding:
+    """A dock (gateway) bound to a workspace: its serial number, the workspace, when it was
+    bound (aware UTC) and an operator's note (None: none)."""
+
+    gateway_sn: str
+    workspace_id: str
+    bound_at: _dt.datetime
+    note: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
 class SchemaMigration:
     """What ``MediaStore.migrate`` found and did (or, in a dry run, would do).
 
