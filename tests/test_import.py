@@ -84,8 +84,8 @@ DJI_ROWS = [
     dji("TIE", object_key="media/ws-a/tie-second.jpg"),                   # 7 kept: read last
     dji("NOTINY", tinny_fingerprint="", is_original=None, drone="undefined", payload="undefined", job_id="",
         file_path="", sub_file_type=None),                                # 8 imported, the demo's defaults: Nones
-    dji(""),                                                              # 9 rejected
-    dji(None, object_key="media/ws-a/none.jpg"),                          # 10 rejected
+    dji(""),                                                              # 9 imported: a dock's, by key
+    dji(None, object_key="media/ws-a/none.jpg"),                          # 10 imported: a dock's, by key
     dji("BADWS", workspace_id="ws.a"),                                    # 11 rejected
     dji("UNI", file_name="航拍 \U0001F681.JPG", file_path="任务/航线 1", payload="M30T Camera", job_id=None,
         object_key="media/ws-a/航拍 \U0001F681.JPG"),                      # 12 imported
@@ -101,12 +101,18 @@ DJI_ROWS = [
     dji("NEGSUB", sub_file_type=-1),                                      # 22 rejected
     dji("abc "),                                                          # 23 imported: trailing space
     dji("NUL", file_name="a\x00b.jpg"),                                   # 24 rejected
+    # 25 imported: a dock's file as the demo stores it (its file_upload_callback carries no
+    # fingerprint and no tiny fingerprint; drone is ext.sn, job_id ext.flight_id).
+    dji(None, tinny_fingerprint=None, file_name="DJI_20240411163430_0001_V.jpeg",
+        file_path="DJI_202404111632_005_ac793856-3ad4-4b4c-9a54-8ea1f6c4d2b1",
+        object_key="media/ws-a/DJI_202404111632_005_ac793856-3ad4-4b4c-9a54-8ea1f6c4d2b1/"
+                   "DJI_20240411163430_0001_V.jpeg",
+        drone="1581F5BKD223Q00A", payload="M3TD Camera", job_id="ac793856-3ad4-4b4c-9a54-8ea1f6c4d2b1"),
+    dji("", object_key="/abs/dock.jpeg"),                                 # 26 rejected: a dock's, bad key
 ]
 
 DJI_REJECTED = {
-    "object_key must be a relative key without control characters": ["id=4"],
-    "fingerprint must not be empty": ["id=9"],
-    "fingerprint is required": ["id=10"],
+    "object_key must be a relative key without control characters": ["id=4", "id=26"],
     "workspace_id must be 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-'": ["id=11"],
     "object_key is longer than 1024 characters": ["id=13"],
     "fingerprint is longer than 64 characters": ["id=19"],
@@ -114,8 +120,15 @@ DJI_REJECTED = {
     "sub_file_type must be between 0 and 2147483647": ["id=22"],
     "file_name contains a NUL character": ["id=24"],
 }
-# Source ids of the rows that become records (the key is the row's workspace and fingerprint).
-DJI_IMPORTED = [1, 3, 7, 8, 12, 14, 15, 16, 17, 18, 23]
+# Source ids of the rows that become records (the key is the row's workspace and fingerprint,
+# or for a dock's file, without a fingerprint, its workspace and object key: row_key).
+DJI_IMPORTED = [1, 3, 7, 8, 9, 10, 12, 14, 15, 16, 17, 18, 23, 25]
+
+
+def row_key(row):
+    """A source row's key in the target: (workspace, fingerprint), or (workspace, object key)
+    for a dock's file (no fingerprint)."""
+    return (row["workspace_id"], row["fingerprint"] or row["object_key"])
 
 
 def dji_expected(row_id: int):
@@ -126,7 +139,7 @@ def dji_expected(row_id: int):
         return None if row[column] in ("", "undefined") else row[column]
 
     file = MediaFile(
-        fingerprint=row["fingerprint"], object_key=row["object_key"],
+        fingerprint=row["fingerprint"] or None, object_key=row["object_key"],  # a dock's: none
         tiny_fingerprint=text("tinny_fingerprint"), name=text("file_name"), path=text("file_path"),
         sub_file_type=row["sub_file_type"],
         sn=text("drone"), payload_name=text("payload"),  # no model keys: the demo keeps none
@@ -267,7 +280,7 @@ class Target:
         self.table = f"{self.db.quote[0]}{prefix}media_file{self.db.quote[-1]}"
 
     def keys(self):
-        return self.db.execute_sql(f"SELECT workspace_id, fingerprint FROM {self.table}").fetchall()
+        return self.db.execute_sql(f"SELECT workspace_id, fingerprint, object_key FROM {self.table}").fetchall()
 
     async def close(self) -> None:
         await self.store.close()
@@ -276,8 +289,28 @@ class Target:
 
 async def everything(target: Target):
     """Every record of the target, by key: the keys from the test's own connection, the records
-    as the store reads them."""
-    return {tuple(key): await target.store.get(*key) for key in target.keys()}
+    as the store reads them (a dock's record, without a fingerprint, by its object key)."""
+    found = {}
+    for workspace_id, fingerprint, object_key in target.keys():
+        if fingerprint is not None:
+            found[(workspace_id, fingerprint)] = await target.store.get(workspace_id, fingerprint)
+        else:
+            found[(workspace_id, object_key)] = await by_object_key(target.store, workspace_id, object_key)
+    return found
+
+
+async def by_object_key(store, workspace_id, object_key):
+    held = [r for r in await store.records_by_object_key(workspace_id, None, None, 10_000)
+            if r.file.object_key == object_key]
+    assert len(held) <= 1
+    return held[0] if held else None
+
+
+async def stored_record(store, row):
+    """The record a source row became (by fingerprint, or for a dock's file by object key)."""
+    if row["fingerprint"]:
+        return await store.get(row["workspace_id"], row["fingerprint"])
+    return await by_object_key(store, row["workspace_id"], row["object_key"])
 
 
 async def import_once(store, url, **options):
@@ -300,7 +333,7 @@ def check_dji_summary(summary, *, imported: int, present: int) -> None:
     assert summary.read == len(DJI_ROWS)
     assert (summary.imported, summary.present, summary.duplicates) == (imported, present, 3)
     assert {reason: list(ids) for reason, ids in summary.rejected_examples.items()} == DJI_REJECTED
-    assert summary.rejected == {reason: 1 for reason in DJI_REJECTED}
+    assert summary.rejected == {reason: len(ids) for reason, ids in DJI_REJECTED.items()}
     assert sorted(summary.duplicate_examples) == ["id=2, id=5 (kept id=3)", "id=6 (kept id=7)"]
 
 
@@ -323,7 +356,7 @@ async def dji_import_round_trip(target: Target, url) -> None:
     assert len(stored) == len(DJI_IMPORTED) + 1
     for row_id in DJI_IMPORTED:
         row = DJI_ROWS[row_id - 1]
-        check_dji_record(stored[(row["workspace_id"], row["fingerprint"])], row_id, started, finished)
+        check_dji_record(stored[row_key(row)], row_id, started, finished)
 
     again = await import_once(store, url)
     check_dji_summary(again, imported=0, present=len(DJI_IMPORTED) + 1)
@@ -360,7 +393,7 @@ async def test_dji_demo_into_memory(dji_source_url):
     check_dji_summary(summary, imported=len(DJI_IMPORTED) + 1, present=0)  # PRESENT is not there: imported
     for row_id in DJI_IMPORTED:
         row = DJI_ROWS[row_id - 1]
-        check_dji_record(await store.get(row["workspace_id"], row["fingerprint"]), row_id, started, finished)
+        check_dji_record(await stored_record(store, row), row_id, started, finished)
     await check_device_uploads_again(store)
 
 
@@ -579,3 +612,24 @@ def test_rows_become_files_through_the_core_rules():
         with pytest.raises(RowRejected) as caught:
             media_file(row, columns)
         assert caught.value.reason == reason
+
+
+def test_a_row_without_a_fingerprint_is_a_docks_file_where_the_source_says_so():
+    from dji_media.errors import RowRejected
+    from dji_media.importer.records import media_file
+
+    columns = {"fingerprint": "fingerprint", "object_key": "object_key", "name": "file_name"}
+    for empty in (None, "", "undefined"):
+        row = {"fingerprint": empty, "object_key": "media/ws/dock/a.jpeg", "file_name": "a.jpeg"}
+        file = media_file(row, columns, none_text=("", "undefined"), keyed_by_object_key=True)
+        assert (file.fingerprint, file.object_key, file.name) == (None, "media/ws/dock/a.jpeg", "a.jpeg")
+        if empty != "undefined":  # (which is a fingerprint's text, where "none" is not meant)
+            with pytest.raises(RowRejected):  # a source that has no docks' rows still requires one
+                media_file(row, columns, none_text=("", "undefined"))
+    with pytest.raises(RowRejected) as caught:  # every other rule still holds
+        media_file({"fingerprint": "", "object_key": "media/ws/a.jpeg", "file_name": "n" * 256}, columns,
+                   keyed_by_object_key=True)
+    assert caught.value.reason == "file_name is longer than 255 characters"
+    with pytest.raises(RowRejected) as caught:
+        media_file({"fingerprint": None, "object_key": None}, columns, keyed_by_object_key=True)
+    assert caught.value.reason == "object_key is required"

@@ -98,7 +98,9 @@ class DjiDemoSource(Source):
         where, params = self._filter(workspaces)
         # MIN() of values that are equal as bytes is that value, whatever the collation says.
         rows = self._query(
-            f"SELECT MIN(workspace_id), MIN(fingerprint) FROM `{self.table}` WHERE fingerprint IS NOT NULL"
+            # Docks' rows (no fingerprint) are keyed by their object key, in the target.
+            f"SELECT MIN(workspace_id), MIN(fingerprint) FROM `{self.table}` WHERE fingerprint IS NOT NULL "
+            "AND fingerprint NOT IN ('', 'undefined')"
             + (f" AND {where}" if where else "")
             + " GROUP BY CAST(workspace_id AS BINARY), CAST(fingerprint AS BINARY) HAVING COUNT(*) > 1",
             params)
@@ -123,7 +125,8 @@ class DjiDemoSource(Source):
         v = row.values
         records.check_columns(v)
         workspace_id = records.workspace(v.get("workspace_id"))
-        file = records.media_file(v, self.fields, none_text=self.none_text)
+        # A row without a fingerprint is a dock's file (the demo stores docks' uploads so).
+        file = records.media_file(v, self.fields, none_text=self.none_text, keyed_by_object_key=True)
         created = records.epoch_milliseconds("create_time", v.get("create_time"))
         updated = records.epoch_milliseconds("update_time", v.get("update_time"))
         record = records.media_record(workspace_id=workspace_id, file=file, created_at=created,

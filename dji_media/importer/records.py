@@ -150,13 +150,17 @@ def _iso_time(column: str, text: str) -> _dt.datetime:
 
 
 def media_file(row: Mapping[str, Any], columns: Mapping[str, str], *,
-               none_text: Collection[str] = ("",)) -> MediaFile:
+               none_text: Collection[str] = ("",), keyed_by_object_key: bool = False) -> MediaFile:
     """The file a row describes, checked with the core's rules; ``RowRejected`` otherwise.
 
     ``columns`` maps each MediaFile field the source fills to the column holding it (two fields
     may read one column). Optional text equal to one of ``none_text`` is none: the value a
     source writes when it knows nothing (DJI's demo: '' and 'undefined'). A reason names the
     source's column rather than the field, since the source is what an operator fixes.
+
+    With ``keyed_by_object_key``, a row whose fingerprint is NULL or one of ``none_text`` is a
+    dock's file (docks send no fingerprint): it becomes a file without one, identified by its
+    workspace and object key, instead of being refused.
     """
     values: Dict[str, Any] = {}
     for field, column in columns.items():
@@ -173,12 +177,19 @@ def media_file(row: Mapping[str, Any], columns: Mapping[str, str], *,
             values[field] = lenient_float(value)
         else:  # a source's mapping names a field no column can fill (created_time, raw_json)
             raise ValueError(f"MediaFile.{field} cannot be read from a source column")
+    fingerprint = values.get("fingerprint")
+    dock = keyed_by_object_key and (fingerprint is None or (isinstance(fingerprint, str) and fingerprint in none_text))
+    if dock:
+        values["fingerprint"] = None
     try:
         # Required, and the length in characters first: the reasons a device's callback gets.
-        check_text(values.get("fingerprint"), MAX_FINGERPRINT, "fingerprint", required=True)
+        if not dock:
+            check_text(values.get("fingerprint"), MAX_FINGERPRINT, "fingerprint", required=True)
         check_text(values.get("object_key"), MAX_OBJECT_KEY, "object_key", required=True)
         file = MediaFile(**values)
-        check_media_file(file)
+        # The core's rules require a fingerprint (a Pilot's callback must carry one): a dock's
+        # file is checked on every other field with a stand-in that passes that one rule.
+        check_media_file(dataclasses.replace(file, fingerprint="dock") if dock else file)
         # Not among the core's rules yet (only imports fill it so far): its column's width.
         check_text(file.payload_name, MAX_SHORT_ID, "payload_name")
     except BadRequest as exc:

@@ -15,6 +15,7 @@ import datetime as _dt
 import functools
 from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
+from ..capabilities import has_capability
 from ..errors import DjiMediaError, ImportFailed, ImportTargetFailed, RowRejected, SourceError
 from ..interfaces import MediaStore
 from ..values import MediaRecord, utc_now
@@ -166,7 +167,13 @@ class Importer:
                 except RowRejected as exc:
                     tally.reject(exc.reason, row.row_id)
                     continue
-                key = (record.workspace_id, record.file.fingerprint)
+                fingerprint = record.file.fingerprint
+                if fingerprint is None:
+                    # A dock's file: keyed by its object key, and the store keeps the first record
+                    # of a key (insert_missing), so it needs no ranking of duplicates here.
+                    pending.append(record)
+                    continue
+                key = (record.workspace_id, fingerprint)
                 if key not in duplicated:
                     pending.append(record)
                     continue
@@ -187,11 +194,23 @@ class Importer:
         for start in range(0, len(pending), self.batch_size):
             await self._store(pending[start:start + self.batch_size], tally)
 
+    async def _held(self, record: MediaRecord) -> bool:
+        """Dry run: whether the target holds the record's key already."""
+        if record.file.fingerprint is not None:
+            return await self.store.get(record.workspace_id, record.file.fingerprint) is not None
+        if not has_capability(self.store, "sweep_records"):
+            return False  # cannot tell: counted as new
+        # A dock's record, by object key: the range (key minus its last character, key] ends
+        # with the key itself; a few neighbours at most come before it in a folder of files.
+        key = record.file.object_key
+        found = await self.store.records_by_object_key(record.workspace_id, key[:-1], key, 1000)
+        return any(r.file.object_key == key for r in found)
+
     async def _store(self, batch: List[MediaRecord], tally: _Tally) -> None:
         try:
             if self.dry_run:
-                found = await asyncio.gather(*(self.store.get(r.workspace_id, r.file.fingerprint) for r in batch))
-                inserted = [f is None for f in found]
+                found = await asyncio.gather(*(self._held(r) for r in batch))
+                inserted = [not f for f in found]
             else:
                 inserted = await self.store.insert_missing(batch)
         except Exception as exc:  # whatever the store raises, the run stops here and says so
