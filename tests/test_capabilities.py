@@ -41,9 +41,10 @@ def test_a_minimal_store_can_be_built_and_has_no_optional_capability():
 
 def test_shipped_stores_declare_what_they_implement(tmp_path):
     sweep = ["sweep_records", "sweep_confirm", "sweep_workspaces", "leases"]  # all the sweep asks of a store
-    assert capabilities_of(InMemoryMediaStore()) == ["import", "confirmations", *sweep]
+    docks = ["mission_expectations"]
+    assert capabilities_of(InMemoryMediaStore()) == ["import", "confirmations", *sweep, *docks]
     store = PeeweeMediaStore(url=f"sqlite:///{tmp_path}/m.sqlite3")
-    assert capabilities_of(store) == ["import", "confirmations", "migrations", *sweep]
+    assert capabilities_of(store) == ["import", "confirmations", "migrations", *sweep, *docks]
     for backend in (InMemoryMediaStore, PeeweeMediaStore):
         # The sweep's media-store half; "listing" is the object store's.
         assert [name for name in FEATURES["sweep"] if not has_capability(backend, name)] == ["listing"]
