@@ -7,6 +7,7 @@ The full dock flow (the dock simulator) and the database outage need the service
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import json
 import subprocess
@@ -112,7 +113,11 @@ class DockClient:
 
 
 def run_async(coroutine):
-    return asyncio.run(coroutine)
+    # On a thread of its own: asyncio.run on the main thread resets the main thread's current
+    # event loop, and a loop that another fixture left there is then collected unclosed, which
+    # fails whichever later test the garbage collector happens to run in.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 # ------------------------------------------------------------------------------ one process, both sides
