@@ -83,7 +83,9 @@ class PeeweeMediaStore(MediaStore):
 
     One object key, one record: ``upsert`` deletes the workspace's record of another
     fingerprint at the same object key in its own transaction, and a unique (workspace_id,
-    object_key) index keeps it so whoever writes. Object keys are compared and ordered as the
+    object_key) index keeps it so whoever writes. A file without a fingerprint (a dock's,
+    schema version 5) is upserted on that index instead, and ``get`` never finds it (a NULL
+    fingerprint equals nothing). Object keys are compared and ordered as the
     bytes of their UTF-8, as S3 lists them (``records_by_object_key``; see
     ``peewee_schema._build_models`` for how each engine does it). Leases and task state live in
     the ``task`` table and are timed by the database's clock, so processes on machines whose
@@ -95,7 +97,8 @@ class PeeweeMediaStore(MediaStore):
     - ``db``: the peewee ``Database`` the store runs on (the one passed in, or the one built
       from ``url``). From a coroutine, run statements on it through ``run_unit``: a connection
       or transaction must not span an ``await`` (see the module docstring).
-    - ``table_names``: the store's tables on that database, by role.
+    - ``table_names``: the store's tables on that database, by role (``device`` is
+      ``peewee_devices.DatabaseDeviceDirectory``'s).
     - ``run_unit(fn, *args, transaction=True)``: run a blocking function as one unit of work,
       the way the store runs its own.
     """
