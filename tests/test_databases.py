@@ -307,12 +307,13 @@ async def test_processes_writing_one_object_key_leave_one_record(make_store):
     assert [r.file.object_key for r in await two.records_by_object_key("ws", None, None, 100)] == sorted(keys)
 
 
+# PostgreSQL only (not skipped elsewhere: not collected): MySQL compares the keys' bytes
+# whatever the collation, and SQLite has no language collations.
+@pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
 @pytest.mark.gen_test(timeout=30)
 async def test_object_keys_in_byte_order_under_a_language_collation(engine, database_url, admin):
     """PostgreSQL: in a database whose default collation sorts by language rules (ICU "en":
     "a" before "B"), object keys still come in the byte order S3 lists them in."""
-    if engine != "postgresql":
-        pytest.skip("PostgreSQL only: MySQL compares the keys' bytes, whatever the collation")
     name = f"dji_icu{uuid.uuid4().hex[:8]}"
     try:
         admin.execute_sql(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu "

@@ -23,7 +23,6 @@ from minio.error import S3Error
 from mqtt_broker import MISSING, MosquittoBroker, mosquitto_binary
 
 from dji_media.backends.peewee_schema import table_names
-from dji_media.service import MediaService
 from support import ENV, ROOT, TOKEN, get, post, run_cli, start, stop, write_config
 
 WS = "ws-cli"
@@ -31,9 +30,6 @@ DOCK = "DOCKSERVE0001"
 STRANGER = "DOCKSTRANGER01"  # in no workspace of the server's directory
 DEVICES_ONLY = "token-devices-only-123"
 UPLOAD_ONLY = "token-upload-only-123"
-NEEDS_DOCK_UPLOADS = pytest.mark.skipif(
-    not hasattr(MediaService, "record_dock_upload"),
-    reason="waits for MediaService.record_dock_upload (dock records without a fingerprint, schema version 5)")
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +265,6 @@ def dock_records(tmp_path):
         db.close()
 
 
-@NEEDS_DOCK_UPLOADS
 def test_the_dock_simulator_through_serve_records_every_file_once(serve, broker, tmp_path):
     server = serve()
     result = simulate_dock(broker, DOCK, 4, "--mission", "DockFlow")
@@ -292,7 +287,6 @@ def test_the_dock_simulator_names_the_step_that_failed(serve, broker):
     assert "storage_config_get: no requests_reply" in result.stderr
 
 
-@NEEDS_DOCK_UPLOADS
 def test_a_database_that_cannot_be_written_gets_no_reply_and_the_retry_is_recorded_once(serve, broker, tmp_path):
     """The database cannot be written: another connection holds SQLite's write lock (the tests
     may run as root, whom an unwritable file does not stop). The server waits 200 ms for the
