@@ -1,5 +1,5 @@
 """The ``dji-media`` command: ``serve``, ``check``, ``import``, ``migrate``, ``sweep``,
-``simulate-pilot`` and ``simulate-dock``.
+``devices``, ``simulate-pilot`` and ``simulate-dock``.
 
 ``serve`` chooses between one process (``dji_media.runtime``) and the worker supervisor
 (``dji_media.workers``, whose workers each run the runtime): the choice lives here, above both.
@@ -76,6 +76,8 @@ async def _check(config: "Config") -> int:
             except DjiMediaError as exc:
                 failures += 1
                 print(f"{name}: FAILED ({what}): {exc.message}")
+        if config.devices.backend == "database":
+            failures += await _check_devices(config, service)
         if config.mqtt is not None:
             failures += await _check_mqtt(config, service)
     finally:
@@ -84,6 +86,27 @@ async def _check(config: "Config") -> int:
             embedded.stop()
     print("configuration: ok" if not failures else f"{failures} check(s) failed")
     return 1 if failures else 0
+
+
+async def _check_devices(config: "Config", service: "MediaService") -> int:
+    """Build the database-backed device directory and read its table once (it lives in the
+    media store's database, so a broken table shows here, not when the first dock calls)."""
+    from .wiring import build_device_directory
+
+    try:
+        directory = build_device_directory(config, service)
+    except DjiMediaError as exc:
+        print(f"devices: FAILED (database): {exc.message}")
+        return 1
+    try:
+        bound = len(await directory.list())  # type: ignore[attr-defined]
+    except DjiMediaError as exc:
+        print(f"devices: FAILED (database): {exc.message}")
+        return 1
+    finally:
+        await directory.close()
+    print(f"devices: ok (database, {bound} dock(s) bound)")
+    return 0
 
 
 async def _check_mqtt(config: "Config", service: "MediaService") -> int:
@@ -230,6 +253,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub.add_argument("--config", "-c", required=True, help="YAML configuration file")
     sub.add_argument("--wait", action="store_true",
                      help="when another process is sweeping, wait for its lease instead of exiting with 1")
+    sub = commands.add_parser("devices", help="bind docks to workspaces, unbind them, list the bindings, in the "
+                              "configured database (devices: {backend: database}; doc/mqtt.md)")
+    sub.add_argument("--config", "-c", required=True, help="YAML configuration file (names the database)")
+    actions = sub.add_subparsers(dest="action", required=True)
+    bind = actions.add_parser("bind", help="bind a dock to a workspace (moving it from another one)")
+    bind.add_argument("gateway_sn", metavar="SN", help="the dock's serial number (letters and digits)")
+    bind.add_argument("workspace_id", metavar="WORKSPACE", help="the workspace id")
+    bind.add_argument("--note", metavar="TEXT", help="a note kept with the binding (at most 255 characters)")
+    unbind = actions.add_parser("unbind", help="remove a dock's binding (its messages are then ignored)")
+    unbind.add_argument("gateway_sn", metavar="SN", help="the dock's serial number")
+    listing = actions.add_parser("list", help="one line per bound dock: sn, workspace, bound at (UTC), note")
+    listing.add_argument("--workspace", dest="workspace_id", metavar="WS", help="only this workspace's docks")
     sub = commands.add_parser("simulate-pilot", help="play DJI Pilot 2 against a running server: upload "
                               "generated photos and a video through the real flow (doc/simulator.md)")
     from .simulator.command import add_arguments as simulator_arguments  # standard library only
@@ -275,6 +310,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             return asyncio.run(_migrate(config, dry_run=args.dry_run))
         if args.command == "sweep":
             return asyncio.run(_sweep(config, wait=args.wait))
+        if args.command == "devices":
+            from .devices_command import devices_command
+
+            return asyncio.run(devices_command(
+                config, args.action, gateway_sn=getattr(args, "gateway_sn", None),
+                workspace_id=getattr(args, "workspace_id", None), note=getattr(args, "note", None)))
         if args.command == "import":
             from .importer.command import import_command
 

@@ -195,19 +195,21 @@ def check_mqtt_workers(config: Config) -> None:
 
 def build_device_directory(config: Config, service: MediaService) -> DeviceDirectory:
     """The directory ``devices`` names: the static table, or the database-backed directory
-    (``backend: database``) over the service's media store."""
+    (``backend: database``) over the service's media store, sharing its database and pool (the
+    store stays the service's to close)."""
     settings = config.devices
     if settings.backend == "static":
         return StaticDeviceDirectory(settings.devices)
-    from . import devices
+    # Imported here: the peewee backend is only needed when the database keeps the bindings.
+    from .backends.peewee_devices import DatabaseDeviceDirectory
+    from .backends.peewee_store import PeeweeMediaStore
 
-    cls: Any = getattr(devices, "DatabaseDeviceDirectory", None)
-    if cls is None:
-        raise ConfigError("devices.backend", "database: this release has no database-backed device directory")
+    if not isinstance(service.media_store, PeeweeMediaStore):
+        raise ConfigError("devices.backend", "database: needs the peewee media_store (the bindings live in its "
+                          f"database), not {type(service.media_store).__name__}")
     try:
-        directory: DeviceDirectory = cls(service.media_store)
-        return directory
-    except (TypeError, ValueError) as exc:
+        return DatabaseDeviceDirectory(service.media_store)
+    except ValueError as exc:
         raise ConfigError("devices.backend", f"database: {exc}") from None
 
 
