@@ -52,7 +52,7 @@ from .server import bind, listening_line, make_application, server_options, star
 from .service import MediaService
 from .sweep import SWEEP_TASK
 from .web import DEFAULT_MAX_BODY_BYTES, InFlight
-from .web.devices import get_device_handlers
+from .web.devices import get_device_admin_handlers, get_device_handlers
 from .wiring import build_device_directory, build_mqtt, build_service, build_sweep
 from .wiring import embedded_s3 as configured_embedded_s3
 
@@ -268,7 +268,9 @@ class Runtime:
         With an ``mqtt`` section, DJI Docks are served too: the MQTT transport (its client id
         ``<client_id>-<worker_index>`` in a worker, ``worker_index`` 1..N; a worker that does
         not say falls back to its pid and keeps no session, since a pid is not stable across
-        restarts) and the device endpoint that commands docks through it."""
+        restarts) and the device endpoint that commands docks through it. With ``devices:
+        {backend: database}`` the binding endpoints (``GET``, ``PUT``, ``DELETE`` under
+        ``/manage/api/v1/workspaces/{ws}/devices``) are mounted, MQTT or not."""
         options = server_options(config)  # a certificate that does not load fails before any build
         storage = configured_embedded_s3(config) if embedded_s3 else None
         service = build_service(config)
@@ -276,7 +278,12 @@ class Runtime:
         in_flight = InFlight()
         app = make_application(service, config, in_flight, sweep=sweep is not None)
         mqtt = None
+        # One directory for the docks' lookups and the binding endpoints: a change made through
+        # HTTP then reaches the transport's cache at once.
+        directory = build_device_directory(config, service) if (
+            config.mqtt is not None or config.devices.backend == "database") else None
         if config.mqtt is not None:
+            assert directory is not None
             settings = config.mqtt
             if worker_index is None and config.server.workers > 1:
                 # A worker that does not know its slot: its pid is unique but not stable, so a
@@ -285,13 +292,16 @@ class Runtime:
                 worker_index = os.getpid()
                 settings = dataclasses.replace(settings, session_expiry_seconds=0)
                 config = dataclasses.replace(config, mqtt=settings)
-            directory = build_device_directory(config, service)
             mqtt = build_mqtt(config, service, directory, worker_index=worker_index or 0)
             assert mqtt is not None
             # Before the catch-all host rule of the Application: its default handler answers the rest.
             app.add_handlers(r".*", get_device_handlers(service, DockPriority(
                 directory, mqtt, timeout=settings.command_timeout_seconds), prefix=config.server.prefix,
                 in_flight=in_flight))
+        if config.devices.backend == "database":
+            # With or without MQTT: docks can be bound before the broker is configured.
+            app.add_handlers(r".*", get_device_admin_handlers(service, directory, prefix=config.server.prefix,
+                                                              in_flight=in_flight))
         http = HttpTransport(app, host=config.server.host, port=config.server.port, sockets=sockets,
                              in_flight=in_flight, **options)
         runtime = cls(service, grace=config.server.shutdown_grace_seconds, startup_checks=startup_checks,

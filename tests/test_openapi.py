@@ -64,18 +64,18 @@ class Spec:
             target = target[part.replace("~1", "/").replace("~0", "~")]
         return target, ref[1:]
 
-    def operation(self, path: str) -> Dict[str, Any]:
-        return self.doc["paths"][path]["post"]
+    def operation(self, path: str, method: str = "post") -> Dict[str, Any]:
+        return self.doc["paths"][path][method]
 
-    def statuses(self, path: str) -> set:
-        return {int(code) for code in self.operation(path)["responses"]}
+    def statuses(self, path: str, method: str = "post") -> set:
+        return {int(code) for code in self.operation(path, method)["responses"]}
 
     def _validator(self, pointer: str) -> jsonschema.Draft202012Validator:
         return Validator({"$ref": SPEC_URI + "#" + pointer}, registry=self._registry)
 
-    def response_validator(self, path: str, status: int) -> jsonschema.Draft202012Validator:
-        response = self.operation(path)["responses"][str(status)]
-        pointer = _pointer("paths", path, "post", "responses", str(status))
+    def response_validator(self, path: str, status: int, method: str = "post") -> jsonschema.Draft202012Validator:
+        response = self.operation(path, method)["responses"][str(status)]
+        pointer = _pointer("paths", path, method, "responses", str(status))
         if "$ref" in response:
             response, pointer = self.resolve(response)
         assert "schema" in response["content"]["application/json"], (path, status)
@@ -101,8 +101,17 @@ CALLBACK = f"{WS_PATH}/upload-callback"
 GROUP = f"{WS_PATH}/group-upload-callback"
 STS = "/storage/api/v1/workspaces/{workspace_id}/sts"
 MEDIA_PRIORITY = "/manage/api/v1/workspaces/{workspace_id}/devices/{gateway_sn}/jobs/{flight_id}/media-priority"
+DEVICES = "/manage/api/v1/workspaces/{workspace_id}/devices"
+DEVICE = "/manage/api/v1/workspaces/{workspace_id}/devices/{gateway_sn}"
 PILOT_PATHS = [FAST, TINY, CALLBACK, GROUP, STS]
-ALL_PATHS = PILOT_PATHS + [MEDIA_PRIORITY]  # the device route is mounted with a DockCommands only
+# The command is mounted with a DockCommands only, the bindings with a device_admin only.
+ALL_PATHS = PILOT_PATHS + [MEDIA_PRIORITY, DEVICES, DEVICE]
+# The binding operations: (path, method) -> the statuses each documents.
+BINDING_OPERATIONS = {
+    (DEVICES, "get"): {200, 400, 401, 403, 503},
+    (DEVICE, "put"): {200, 400, 401, 403, 409, 413, 503},
+    (DEVICE, "delete"): {200, 400, 401, 403, 503},
+}
 
 
 def concrete(path: str, workspace_id: str = "ws-a") -> str:
@@ -116,26 +125,34 @@ def test_the_document_is_valid_openapi():
 
 
 def test_every_operation_is_a_post_with_the_token_scheme_and_the_envelope(spec):
+    """Every operation needs the token and answers the envelope; all are POSTs but the
+    bindings' GET, PUT and DELETE."""
     doc = spec.doc
     scheme = doc["components"]["securitySchemes"]["XAuthToken"]
     assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "header", "X-Auth-Token")
     assert doc["security"] == [{"XAuthToken": []}]
     for path, item in doc["paths"].items():
-        assert {key for key in item if key in HTTP_METHODS} == {"post"}, path
-        operation = item["post"]
-        assert "security" not in operation, f"{path} overrides the token requirement"
-        statuses = spec.statuses(path)
-        # Every Pilot 2 operation can answer these; 503 where a backend is asked (all five).
-        # The device command also answers 404 (another workspace's dock), 409 (the dock
-        # refused) and 504 (the dock did not answer), and reads no body (no 413).
-        expected = {200, 400, 401, 403, 404, 409, 503, 504} if path == MEDIA_PRIORITY else \
-            {200, 400, 401, 403, 413, 503}
-        assert expected == statuses, path
-        for status in statuses:
-            response = operation["responses"][str(status)]
-            if "$ref" in response:
-                response, _ = spec.resolve(response)
-            assert set(response["content"]) == {"application/json"}, (path, status)
+        methods = {key for key in item if key in HTTP_METHODS}
+        assert methods == ({m for p, m in BINDING_OPERATIONS if p == path} or {"post"}), path
+        for method in methods:
+            operation = item[method]
+            assert "security" not in operation, f"{path} overrides the token requirement"
+            statuses = spec.statuses(path, method)
+            # Every Pilot 2 operation can answer these; 503 where a backend is asked (all five).
+            # The device command also answers 404 (another workspace's dock), 409 (the dock
+            # refused) and 504 (the dock did not answer), and reads no body (no 413).
+            if (path, method) in BINDING_OPERATIONS:
+                expected = BINDING_OPERATIONS[path, method]
+            elif path == MEDIA_PRIORITY:
+                expected = {200, 400, 401, 403, 404, 409, 503, 504}
+            else:
+                expected = {200, 400, 401, 403, 413, 503}
+            assert expected == statuses, (path, method)
+            for status in statuses:
+                response = operation["responses"][str(status)]
+                if "$ref" in response:
+                    response, _ = spec.resolve(response)
+                assert set(response["content"]) == {"application/json"}, (path, method, status)
 
 
 def test_spec_paths_and_served_routes_agree(service):
@@ -149,9 +166,14 @@ def test_spec_paths_and_served_routes_agree(service):
         async def call_service(self, gateway_sn, method, data, timeout=3.0):
             raise AssertionError("not called")
 
+    class Bindings(InMemoryDeviceDirectory):  # a directory that can list: enough to mount the routes
+        async def list(self, workspace_id=None):
+            return []
+
     assert len(get_handlers(service)) == len(PILOT_PATHS)  # without a way to reach docks
     for prefix in ("", "/dji"):
-        routes = get_handlers(service, prefix=prefix, dock_commands=NoDock(), directory=InMemoryDeviceDirectory())
+        routes = get_handlers(service, prefix=prefix, dock_commands=NoDock(), directory=InMemoryDeviceDirectory(),
+                              device_admin=Bindings())
         assert len(routes) == len(spec_paths)
         matched = {path: [] for path in spec_paths}
         for pattern, _handler, _kwargs in routes:
@@ -167,6 +189,9 @@ def test_spec_paths_and_served_routes_agree(service):
                     hits.append(path)
             assert len(hits) == 1, (pattern, hits)
             matched[hits[0]].append(pattern)
+            # The methods served are the methods documented.
+            documented = {key for key in load_spec()["paths"][hits[0]] if key in HTTP_METHODS}
+            assert {m.lower() for m in _handler.SUPPORTED_METHODS} == documented, (pattern, documented)
         assert all(len(patterns) == 1 for patterns in matched.values()), matched
 
 

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..devices import DeviceDirectory
 from ..dock_priority import DockCommands, DockPriority
 from ..service import MediaService
-from .devices import get_device_handlers
+from .devices import get_device_admin_handlers, get_device_handlers
 from .handlers import (
     FastUploadHandler,
     GroupUploadCallbackHandler,
@@ -25,7 +25,7 @@ _WS = r"(?P<workspace_id>[^/]+)"
 def get_handlers(
     service: MediaService, *, prefix: str = "", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     in_flight: Optional[InFlight] = None, dock_commands: Optional[DockCommands] = None,
-    directory: Optional[DeviceDirectory] = None,
+    directory: Optional[DeviceDirectory] = None, device_admin: Optional[Any] = None,
 ) -> List[Tuple[str, type, Dict[str, Any]]]:
     """The routes of the media protocol, ready for ``tornado.web.Application(handlers)``.
 
@@ -37,6 +37,10 @@ def get_handlers(
         ``directory`` that places docks in workspaces, the device endpoint
         ``POST /manage/api/v1/workspaces/{ws}/devices/{sn}/jobs/{flight_id}/media-priority``
         is mounted too.
+    :param device_admin: a directory that can bind docks (``DatabaseDeviceDirectory``); with it
+        ``GET /manage/api/v1/workspaces/{ws}/devices`` and ``PUT``/``DELETE .../devices/{sn}``
+        are mounted (the ``devices`` scope). Give the same object as ``directory`` and the MQTT
+        transport, so that a change through HTTP reaches the docks' lookups at once.
     """
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be >= 1")
@@ -49,6 +53,8 @@ def get_handlers(
             raise ValueError("dock_commands needs the directory that places docks in workspaces")
         devices = get_device_handlers(service, DockPriority(directory, dock_commands), prefix=prefix,
                                       in_flight=in_flight)
+    if device_admin is not None:
+        devices += get_device_admin_handlers(service, device_admin, prefix=prefix, in_flight=in_flight)
     return devices + [
         (f"{media}/fast-upload", FastUploadHandler, kwargs),
         (f"{media}/files/tiny-fingerprints", TinyFingerprintsHandler, kwargs),

@@ -1,4 +1,6 @@
-"""The HTTP endpoint that commands a dock: ``POST .../devices/{sn}/jobs/{flight_id}/media-priority``.
+"""The HTTP endpoints for docks: the command ``POST .../devices/{sn}/jobs/{flight_id}/media-priority``,
+and the bindings ``GET .../devices``, ``PUT`` and ``DELETE .../devices/{sn}`` (with a directory
+that can bind: ``DatabaseDeviceDirectory``).
 
 Under ``/manage/api/v1``, where DJI's demo puts what a web user does with devices (DJI's own
 ``PUT /media/api/v1/workspaces/{ws}/jobs/{job_id}/media-highest`` names no dock, and a job id
@@ -13,20 +15,28 @@ from typing import Any, Dict, List, Optional, Tuple
 import tornado.web
 
 from ..access import DEVICES
+from ..devices import check_gateway_sn
 from ..dock_priority import DockPriority
-from ..errors import DjiMediaError, DockTimeout, UnknownDock
+from ..errors import BadRequest, DjiMediaError, DockTimeout, PayloadTooLarge, UnknownDock
 from ..service import MediaService
+from ..values import DeviceBinding
 from . import wire
 from .handlers import EnvelopeMixin, status_for
 from .lifecycle import InFlight
 
-__all__ = ["MediaPriorityHandler", "get_device_handlers"]
+__all__ = ["MediaPriorityHandler", "DeviceListHandler", "DeviceBindingHandler", "get_device_handlers",
+           "get_device_admin_handlers"]
 
 log = logging.getLogger("dji_media.web")
 
 # Result code of the envelope when the dock refused: the request was well formed and
 # delivered, the dock said no (its own code is in data.result).
 DOCK_REFUSED = 409
+# A PUT for a dock that another workspace holds: moving it would take it from that workspace,
+# which the caller has no right to do (and may not even know of).
+BOUND_ELSEWHERE = 409
+# The only body a PUT carries is {"note": ...} (at most 255 characters): a few KiB is plenty.
+MAX_BINDING_BODY = 4096
 
 
 class MediaPriorityHandler(EnvelopeMixin, tornado.web.RequestHandler):
@@ -70,6 +80,138 @@ class MediaPriorityHandler(EnvelopeMixin, tornado.web.RequestHandler):
             self.reply(200, wire.success(data))
         else:
             self.reply(DOCK_REFUSED, wire.envelope(DOCK_REFUSED, f"the dock refused (result {outcome.result})", data))
+
+
+def render_binding(binding: DeviceBinding) -> Dict[str, Any]:
+    return {"gateway_sn": binding.gateway_sn, "workspace_id": binding.workspace_id,
+            "bound_at": binding.bound_at.strftime("%Y-%m-%dT%H:%M:%SZ"), "note": binding.note}
+
+
+class _DeviceAdminHandler(EnvelopeMixin, tornado.web.RequestHandler):
+    """Base of the binding endpoints: the ``devices`` scope in the path's workspace (401, 403,
+    then 400 for the workspace id, as every endpoint), errors as envelopes.
+
+    ``directory`` binds, unbinds and lists (``DatabaseDeviceDirectory``'s methods); ``lookup``
+    answers ``workspace_of`` without a cache, so that a binding made by another process is seen
+    before a PUT decides whether the dock is free."""
+
+    def initialize(self, service: MediaService, directory: Any, lookup: Any,
+                   in_flight: Optional[InFlight] = None) -> None:
+        self.service = service
+        self.directory = directory
+        self.lookup = lookup
+        self._in_flight = in_flight
+        if in_flight is not None:
+            in_flight.enter()
+
+    def on_finish(self) -> None:
+        self._leave()
+
+    def on_connection_close(self) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
+        if self._in_flight is not None:
+            self._in_flight.leave()
+            self._in_flight = None
+
+    async def _authorized(self, workspace_id: str) -> None:
+        await self.service.authenticate(self.request.headers.get("X-Auth-Token"), workspace_id, DEVICES)
+
+    def _fail(self, exc: DjiMediaError) -> None:
+        status = status_for(exc)
+        log.log(logging.WARNING if status >= 500 else logging.INFO, "%s %s -> %s: %s",
+                self.request.method, self.request.path, status, exc.message)
+        self.reply(status, wire.envelope(status, exc.message))
+
+
+class DeviceListHandler(_DeviceAdminHandler):
+    """``GET``: the docks bound to the workspace, by serial number."""
+
+    SUPPORTED_METHODS = ("GET",)
+
+    async def get(self, workspace_id: str) -> None:
+        try:
+            await self._authorized(workspace_id)
+            bindings = await self.directory.list(workspace_id)
+        except DjiMediaError as exc:
+            self._fail(exc)
+            return
+        self.reply(200, wire.success({"devices": [render_binding(b) for b in bindings]}))
+
+
+class DeviceBindingHandler(_DeviceAdminHandler):
+    """``PUT``: bind the dock to the workspace (again: its note is replaced); 409 when another
+    workspace holds it. ``DELETE``: unbind it if this workspace holds it; idempotent, and the
+    same answer whether the dock is unknown or another workspace's (nothing leaks)."""
+
+    SUPPORTED_METHODS = ("PUT", "DELETE")
+
+    async def put(self, workspace_id: str, gateway_sn: str) -> None:
+        try:
+            await self._authorized(workspace_id)
+            check_gateway_sn(gateway_sn)
+            note = self._note()
+            current = await self.lookup.workspace_of(gateway_sn)
+            if current is not None and current != workspace_id:
+                log.info("%s %s -> %s: bound to another workspace", self.request.method, self.request.path,
+                         BOUND_ELSEWHERE)
+                self.reply(BOUND_ELSEWHERE, wire.envelope(
+                    BOUND_ELSEWHERE, "this dock is bound to another workspace: unbind it there first"))
+                return
+            binding = await self.directory.bind(gateway_sn, workspace_id, note=note)
+        except DjiMediaError as exc:
+            self._fail(exc)
+            return
+        self.reply(200, wire.success(render_binding(binding)))
+
+    async def delete(self, workspace_id: str, gateway_sn: str) -> None:
+        try:
+            await self._authorized(workspace_id)
+            check_gateway_sn(gateway_sn)
+            removed = False
+            if await self.lookup.workspace_of(gateway_sn) == workspace_id:
+                removed = bool(await self.directory.unbind(gateway_sn))
+        except DjiMediaError as exc:
+            self._fail(exc)
+            return
+        self.reply(200, wire.success({"gateway_sn": gateway_sn, "removed": removed}))
+
+    def _note(self) -> Optional[str]:
+        body = self.request.body
+        if len(body) > MAX_BINDING_BODY:
+            raise PayloadTooLarge(f"request body is larger than {MAX_BINDING_BODY} bytes", field="body")
+        note = wire.decode_object(body, allow_empty=True).get("note")
+        if note is not None and not isinstance(note, str):
+            raise BadRequest("note must be text of at most 255 characters", field="note")
+        return note
+
+
+def get_device_admin_handlers(service: MediaService, directory: Any, *, prefix: str = "",
+                              in_flight: Optional[InFlight] = None) -> List[Tuple[str, type, Dict[str, Any]]]:
+    """The binding routes, over a directory that can ``bind``, ``unbind`` and ``list``
+    (``DatabaseDeviceDirectory``)."""
+    for method in ("bind", "unbind", "list", "workspace_of"):
+        if not callable(getattr(directory, method, None)):
+            raise ValueError(f"the device directory cannot {method}: the binding endpoints need one that can "
+                             "(DatabaseDeviceDirectory)")
+    base = "/" + prefix.strip("/") if prefix.strip("/") else ""
+    kwargs = {"service": service, "directory": directory, "lookup": _uncached(directory), "in_flight": in_flight}
+    devices = f"{base}/manage/api/v1/workspaces/(?P<workspace_id>[^/]+)/devices"
+    return [
+        (devices, DeviceListHandler, kwargs),
+        (f"{devices}/(?P<gateway_sn>[^/]+)", DeviceBindingHandler, kwargs),
+    ]
+
+
+def _uncached(directory: Any) -> Any:
+    """A view of the directory's table that asks the database every time (the directory itself
+    caches answers for a few seconds, fine for docks' messages, not for deciding a PUT)."""
+    from ..backends.peewee_devices import DatabaseDeviceDirectory
+
+    if isinstance(directory, DatabaseDeviceDirectory) and directory.cache_seconds:
+        return DatabaseDeviceDirectory(directory.store, cache_seconds=0)
+    return directory
 
 
 def get_device_handlers(service: MediaService, priority: DockPriority, *, prefix: str = "",
