@@ -129,7 +129,6 @@ async def test_the_configured_directory_is_the_database_one_on_the_service_store
     try:
         directory = build_device_directory(config, service)
         assert isinstance(directory, DatabaseDeviceDirectory) and directory.store is service.media_store
-        assert isinstance(directory, DatabaseDeviceDirectory)
         await directory.bind(DOCK, "ws-a")
         assert await directory.workspace_of(DOCK) == "ws-a"
         await directory.close()
