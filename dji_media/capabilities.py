@@ -48,6 +48,17 @@ CAPABILITIES: Dict[str, Capability] = {c.name: c for c in (
                "has no lease, so the sweep could not run once per deployment"),
     Capability("mission_expectations", MediaStore, "save_mission_expectation",
                "docks (a mission's expected file count)", "cannot record a mission's expected file count"),
+    # The media library (dji_media.catalogue) needs every one of these; "catalogue" names the set.
+    Capability("find_records", MediaStore, "find_records", "the media library (catalogue)",
+               "cannot search records"),
+    Capability("count_records", MediaStore, "count_records", "the media library (catalogue)",
+               "cannot count records"),
+    Capability("records_by_public_id", MediaStore, "get_by_public_id", "the media library (catalogue)",
+               "cannot read a record by its public id"),
+    Capability("remove_record", MediaStore, "remove_record", "the media library (catalogue)",
+               "cannot delete a record"),
+    Capability("mission_summaries", MediaStore, "mission_summaries", "the media library (catalogue)",
+               "cannot summarise missions"),
     Capability("listing", ObjectStore, "list_page", "the storage sweep (sweep.enabled)",
                "cannot list the bucket"),
 )}
@@ -56,6 +67,7 @@ CAPABILITIES: Dict[str, Capability] = {c.name: c for c in (
 FEATURES: Dict[str, Tuple[str, ...]] = {
     "sweep": ("sweep_records", "sweep_confirm", "sweep_workspaces", "leases", "listing"),
     "docks": ("mission_expectations",),
+    "catalogue": ("find_records", "count_records", "records_by_public_id", "remove_record", "mission_summaries"),
 }
 
 

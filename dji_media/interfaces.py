@@ -16,12 +16,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from .errors import StorageUnavailable
 from .values import (
     FileGroup,
+    FileQuery,
     GroupReport,
     Identity,
     ListingPage,
     MediaFile,
     MediaRecord,
+    MissionCursor,
+    MissionSummary,
     ObjectInfo,
+    RecordCursor,
     SchemaMigration,
     StorageGrant,
 )
@@ -198,6 +202,38 @@ class MediaStore(_Closable, abc.ABC):
         a store without a versioned schema (in memory, say), has nothing to do.
         """
         return SchemaMigration(found=None, target=None, dry_run=dry_run)
+
+    # ------------------------------------------------- optional: the media library (catalogue)
+    # Defaults raise NotImplementedError (capability "catalogue" in dji_media.capabilities).
+
+    async def find_records(self, query: FileQuery, limit: int,
+                           after: Optional[RecordCursor] = None) -> List[MediaRecord]:
+        """At most ``limit`` records of ``query.workspace_id`` that match ``query`` (see
+        ``FileQuery.matches``), ordered by (created_at, public_id), descending when
+        ``query.newest_first``, and strictly after ``after`` (the last record's (created_at,
+        public_id) of the previous page) in that order: keyset pagination, so a page costs the
+        same however deep, and rows written meanwhile never shift a page."""
+        raise NotImplementedError(f"{type(self).__name__} cannot search records (media library)")
+
+    async def count_records(self, query: FileQuery) -> int:
+        """How many records match ``query``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot count records (media library)")
+
+    async def get_by_public_id(self, workspace_id: str, public_id: str) -> Optional[MediaRecord]:
+        """The workspace's record of that public id, or None (also for another workspace's)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot read records by public id (media library)")
+
+    async def remove_record(self, record: MediaRecord) -> bool:
+        """Delete the record (by workspace and public id, whatever its revision: an operator
+        asked for this file to go); return whether a row was deleted. Idempotent."""
+        raise NotImplementedError(f"{type(self).__name__} cannot remove records (media library)")
+
+    async def mission_summaries(self, workspace_id: str, limit: int,
+                                after: Optional[MissionCursor] = None) -> List[MissionSummary]:
+        """At most ``limit`` missions of the workspace: each stored file group and each distinct
+        file_group_id among its records, by (updated_at, file_group_id) descending, strictly
+        after ``after``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot summarise missions (media library)")
 
 
 class ObjectStore(_Closable, abc.ABC):

@@ -218,3 +218,112 @@ class StorageGrant:
     provider: str
     object_key_prefix: str
     credentials: UploadCredentials
+
+
+# The kind of a file, from its name's extension (lower case, without the dot); anything else,
+# or no name, is "other". Stores filter on these lists, so every store agrees.
+PHOTO_EXTENSIONS: Tuple[str, ...] = ("jpg", "jpeg", "png", "dng", "tif", "tiff", "heic")
+VIDEO_EXTENSIONS: Tuple[str, ...] = ("mp4", "mov", "mkv", "avi")
+FILE_KINDS: Tuple[str, ...] = ("photo", "video", "other")
+
+
+def file_kind(name: Optional[str]) -> str:
+    """"photo", "video" or "other" for a file name (case-insensitive extension)."""
+    if not name or "." not in name:
+        return "other"
+    extension = name.rsplit(".", 1)[1].lower()
+    if extension in PHOTO_EXTENSIONS:
+        return "photo"
+    if extension in VIDEO_EXTENSIONS:
+        return "video"
+    return "other"
+
+
+@dataclasses.dataclass(frozen=True)
+class FileQuery:
+    """What the media library looks for in one workspace (every filter optional; None: any).
+
+    ``mission`` is the file_group_id; ``kind`` one of ``FILE_KINDS``; ``text`` is contained in
+    the name or the path, case-insensitively; the time ranges include both ends (``uploaded_*``
+    is the record's ``created_at``, ``captured_*`` the file's ``created_time``); ``bbox`` is
+    (min_lng, min_lat, max_lng, max_lat) of the shoot position. ``newest_first`` orders by
+    (created_at, public_id) descending, else ascending.
+    """
+
+    workspace_id: str
+    mission: Optional[str] = None
+    sn: Optional[str] = None
+    drone_model_key: Optional[str] = None
+    payload_model_key: Optional[str] = None
+    kind: Optional[str] = None
+    original: Optional[bool] = None
+    text: Optional[str] = None
+    uploaded_from: Optional[_dt.datetime] = None
+    uploaded_to: Optional[_dt.datetime] = None
+    captured_from: Optional[_dt.datetime] = None
+    captured_to: Optional[_dt.datetime] = None
+    bbox: Optional[Tuple[float, float, float, float]] = None
+    newest_first: bool = True
+
+    def matches(self, record: "MediaRecord") -> bool:
+        """Whether ``record`` passes every filter (the reference every store agrees with)."""
+        f = record.file
+        if record.workspace_id != self.workspace_id:
+            return False
+        for wanted, value in ((self.mission, f.file_group_id), (self.sn, f.sn),
+                              (self.drone_model_key, f.drone_model_key),
+                              (self.payload_model_key, f.payload_model_key)):
+            if wanted is not None and value != wanted:
+                return False
+        if self.kind is not None and file_kind(f.name) != self.kind:
+            return False
+        if self.original is not None and f.is_original is not self.original:
+            return False
+        if self.text is not None:
+            needle = self.text.lower()
+            if needle not in (f.name or "").lower() and needle not in (f.path or "").lower():
+                return False
+        if not _within(record.created_at, self.uploaded_from, self.uploaded_to):
+            return False
+        if (self.captured_from or self.captured_to) and (
+                f.created_time is None or not _within(f.created_time, self.captured_from, self.captured_to)):
+            return False
+        if self.bbox is not None:
+            min_lng, min_lat, max_lng, max_lat = self.bbox
+            if f.shoot_lat is None or f.shoot_lng is None:
+                return False
+            if not (min_lat <= f.shoot_lat <= max_lat and min_lng <= f.shoot_lng <= max_lng):
+                return False
+        return True
+
+
+def _within(value: _dt.datetime, low: Optional[_dt.datetime], high: Optional[_dt.datetime]) -> bool:
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+# Where a page of the library ends: the last record's (created_at, public_id); the next page
+# starts strictly after it in the query's order.
+RecordCursor = Tuple[_dt.datetime, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class MissionSummary:
+    """One mission (file group) of a workspace as the library shows it: the counts a device
+    reported (0 when none did), a dock's expected count, how many records hold its id, and the
+    first and last upload among them (None without records). ``updated_at`` is the latest of
+    the group's report and the last upload: the order of the list, newest first."""
+
+    workspace_id: str
+    file_group_id: str
+    reported_file_count: int
+    reported_uploaded_count: int
+    expected_file_count: Optional[int]
+    recorded_count: int
+    first_upload: Optional[_dt.datetime]
+    last_upload: Optional[_dt.datetime]
+    updated_at: _dt.datetime
+    reported: bool = False  # whether a device reported the group's totals
+
+
+# Where a page of missions ends: the last one's (updated_at, file_group_id).
+MissionCursor = Tuple[_dt.datetime, str]

@@ -42,7 +42,8 @@ def test_a_minimal_store_can_be_built_and_has_no_optional_capability():
 def test_shipped_stores_declare_what_they_implement(tmp_path):
     sweep = ["sweep_records", "sweep_confirm", "sweep_workspaces", "leases"]  # all the sweep asks of a store
     docks = ["mission_expectations"]
-    assert capabilities_of(InMemoryMediaStore()) == ["import", "confirmations", *sweep, *docks]
+    catalogue = ["find_records", "count_records", "records_by_public_id", "remove_record", "mission_summaries"]
+    assert capabilities_of(InMemoryMediaStore()) == ["import", "confirmations", *sweep, *docks, *catalogue]
     store = PeeweeMediaStore(url=f"sqlite:///{tmp_path}/m.sqlite3")
     assert capabilities_of(store) == ["import", "confirmations", "migrations", *sweep, *docks]
     for backend in (InMemoryMediaStore, PeeweeMediaStore):

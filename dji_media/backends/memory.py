@@ -14,7 +14,19 @@ from typing import Any, Callable, Counter, Dict, Iterable, List, Optional, Seque
 
 from ..errors import DatabaseUnavailable, StorageUnavailable
 from ..interfaces import MediaStore, ObjectStore
-from ..values import FileGroup, GroupReport, ListingPage, MediaFile, MediaRecord, ObjectInfo, utc_now
+from ..values import (
+    FileGroup,
+    FileQuery,
+    GroupReport,
+    ListingPage,
+    MediaFile,
+    MediaRecord,
+    MissionCursor,
+    MissionSummary,
+    ObjectInfo,
+    RecordCursor,
+    utc_now,
+)
 
 
 def _ident(file: MediaFile) -> str:
@@ -218,6 +230,66 @@ class InMemoryMediaStore(MediaStore):
             return False
         self._task_states[name] = state
         return True
+
+    # -------------------------------------------------- the media library (catalogue)
+
+    def _matching(self, query: FileQuery) -> List[MediaRecord]:
+        found = [r for r in self._records.values() if query.matches(r)]
+        found.sort(key=lambda r: (r.created_at, r.public_id or ""), reverse=query.newest_first)
+        return found
+
+    async def find_records(self, query: FileQuery, limit: int,
+                           after: Optional[RecordCursor] = None) -> List[MediaRecord]:
+        found = self._matching(query)
+        if after is not None:
+            if query.newest_first:
+                found = [r for r in found if (r.created_at, r.public_id or "") < after]
+            else:
+                found = [r for r in found if (r.created_at, r.public_id or "") > after]
+        return found[:max(limit, 0)]
+
+    async def count_records(self, query: FileQuery) -> int:
+        return len(self._matching(query))
+
+    async def get_by_public_id(self, workspace_id: str, public_id: str) -> Optional[MediaRecord]:
+        for (ws, _), record in self._records.items():
+            if ws == workspace_id and record.public_id == public_id:
+                return record
+        return None
+
+    async def remove_record(self, record: MediaRecord) -> bool:
+        for key, current in list(self._records.items()):
+            if key[0] == record.workspace_id and current.public_id == record.public_id:
+                self._drop(key)
+                return True
+        return False
+
+    async def mission_summaries(self, workspace_id: str, limit: int,
+                                after: Optional[MissionCursor] = None) -> List[MissionSummary]:
+        uploads: Dict[str, List[_dt.datetime]] = {}
+        for (ws, _), record in self._records.items():
+            if ws == workspace_id and record.file.file_group_id is not None:
+                uploads.setdefault(record.file.file_group_id, []).append(record.created_at)
+        groups = {g.file_group_id: g for (ws, _), g in self._groups.items() if ws == workspace_id}
+        summaries = [_summary(workspace_id, mission, groups.get(mission), uploads.get(mission, []))
+                     for mission in set(uploads) | set(groups)]
+        summaries.sort(key=lambda m: (m.updated_at, m.file_group_id), reverse=True)
+        if after is not None:
+            summaries = [m for m in summaries if (m.updated_at, m.file_group_id) < after]
+        return summaries[:max(limit, 0)]
+
+
+def _summary(workspace_id: str, mission: str, group: Optional[FileGroup],
+             uploads: List[_dt.datetime]) -> MissionSummary:
+    first, last = (min(uploads), max(uploads)) if uploads else (None, None)
+    moments = [m for m in (last, group.updated_at if group is not None else None) if m is not None]
+    return MissionSummary(
+        workspace_id=workspace_id, file_group_id=mission,
+        reported_file_count=group.file_count if group is not None else 0,
+        reported_uploaded_count=group.file_uploaded_count if group is not None else 0,
+        expected_file_count=group.expected_file_count if group is not None else None,
+        recorded_count=len(uploads), first_upload=first, last_upload=last, updated_at=max(moments),
+        reported=group is not None and (group.file_count > 0 or group.expected_file_count is None))
 
 
 class InMemoryObjectStore(ObjectStore):

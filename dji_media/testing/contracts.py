@@ -18,13 +18,13 @@ import gc
 import os
 import uuid
 import warnings
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
 from ..capabilities import has_capability
 from ..errors import DatabaseUnavailable, Forbidden, StorageUnavailable, Unauthenticated
-from ..values import GroupReport, MediaFile, MediaRecord, ObjectInfo
+from ..values import FileQuery, GroupReport, MediaFile, MediaRecord, ObjectInfo
 
 
 def sample_file(fingerprint: str = "7F78C9F1999425CB61F10E1FE206009E", **changes: Any) -> MediaFile:
@@ -738,6 +738,130 @@ class MediaStoreContract:
         assert await media_store.get_group("ws-b", "flight-1") is None
         plain = await media_store.save_group("ws", GroupReport("flight-2", 3, 3))
         assert plain.expected_file_count is None
+
+    # ------------------------------------------------------------ the media library (catalogue)
+
+    async def _library(self, store: Any) -> Dict[str, MediaRecord]:
+        """Records with known upload times (imported as given), by name: three missions, two
+        workspaces, photos and a video, and two records uploaded at the same moment (the
+        public id breaks the tie)."""
+        base = _dt.datetime(2024, 3, 1, 12, 0, 0, tzinfo=_dt.timezone.utc)
+        specs: List[Tuple[str, str, int, Dict[str, Any]]] = [
+            ("a", "ws", 0, dict(name="DJI_0001_W.JPG", file_group_id="m1", sn="SN1", shoot_lat=22.5, shoot_lng=113.9)),
+            ("b", "ws", 1, dict(name="DJI_0002_W.jpeg", file_group_id="m1", sn="SN1", is_original=False)),
+            ("c", "ws", 2, dict(name="DJI_0003.MP4", file_group_id="m2", sn="SN2", path="Flight_Bridge",
+                                shoot_lat=None, shoot_lng=None, drone_model_key="0-77-0")),
+            ("d", "ws", 3, dict(name="notes.txt", file_group_id=None, payload_model_key="1-99-0",
+                                created_time=_dt.datetime(2023, 1, 1, tzinfo=_dt.timezone.utc))),
+            ("e", "ws", 3, dict(name="DJI_0005.dng", file_group_id="m2", shoot_lat=40.0, shoot_lng=-3.7)),
+            ("f", "ws-b", 4, dict(name="DJI_0006.JPG", file_group_id="m1")),
+        ]
+        records = []
+        for tag, ws, minute, changes in specs:
+            fingerprint = f"FP{tag.upper()}"
+            at = base + _dt.timedelta(minutes=minute)
+            file = sample_file(fingerprint, object_key=f"media/{ws}/{tag}", **changes)
+            records.append(MediaRecord(ws, file, 1, at, at, public_id=str(uuid.uuid4())))
+        assert await store.insert_missing(records) == [True] * len(records)
+        return {
+            rec.file.object_key.rsplit("/", 1)[1]: rec for rec in records}
+
+    @staticmethod
+    def _names(records: Any) -> list:
+        return [r.file.object_key.rsplit("/", 1)[1] for r in records]
+
+    @pytest.mark.gen_test
+    async def test_find_records_newest_first_and_filters(self, media_store):
+        self._requires(media_store, "import", "find_records", "count_records")
+        library = await self._library(media_store)
+        tie = "".join(sorted(["d", "e"], key=lambda t: library[t].public_id or "", reverse=True))
+        found = await media_store.find_records(FileQuery("ws"), 50)
+        assert "".join(self._names(found)) == tie + "cba"
+        assert found[-1] == library["a"]
+        oldest = await media_store.find_records(FileQuery("ws", newest_first=False), 50)
+        assert "".join(self._names(oldest)) == "abc" + tie[::-1]
+        cases = {
+            FileQuery("ws", mission="m1"): "ab",
+            FileQuery("ws", sn="SN2"): "c",
+            FileQuery("ws", drone_model_key="0-77-0"): "c",
+            FileQuery("ws", payload_model_key="1-99-0"): "d",
+            FileQuery("ws", kind="photo"): "abe",
+            FileQuery("ws", kind="video"): "c",
+            FileQuery("ws", kind="other"): "d",
+            FileQuery("ws", original=False): "b",
+            FileQuery("ws", text="bridge"): "c",
+            FileQuery("ws", text="0002_w"): "b",
+            FileQuery("ws", uploaded_from=library["b"].created_at, uploaded_to=library["c"].created_at): "bc",
+            FileQuery("ws", captured_from=_dt.datetime(2022, 12, 1, tzinfo=_dt.timezone.utc)): "d",
+            FileQuery("ws", captured_to=_dt.datetime(2022, 12, 1, tzinfo=_dt.timezone.utc)): "abce",
+            FileQuery("ws", bbox=(113.0, 22.0, 114.0, 23.0)): "abd",
+            FileQuery("ws", bbox=(-4.0, 39.0, 0.0, 41.0)): "e",
+            FileQuery("ws-b"): "f",
+            FileQuery("ws-c"): "",
+        }
+        for query, expected in cases.items():
+            got = await media_store.find_records(dataclasses.replace(query, newest_first=False), 50)
+            assert "".join(self._names(got)) == expected, query
+            assert await media_store.count_records(query) == len(expected), query
+
+    @pytest.mark.gen_test
+    async def test_find_records_pages_by_keyset(self, media_store):
+        self._requires(media_store, "import", "find_records")
+        await self._library(media_store)
+        for newest_first in (True, False):
+            query = FileQuery("ws", newest_first=newest_first)
+            whole = await media_store.find_records(query, 50)
+            seen, after = [], None
+            while True:
+                page = await media_store.find_records(query, 2, after)
+                if not page:
+                    break
+                seen += page
+                after = (page[-1].created_at, page[-1].public_id)
+            assert seen == whole and len(whole) == 5
+
+    @pytest.mark.gen_test
+    async def test_get_by_public_id_and_remove_record(self, media_store):
+        self._requires(media_store, "import", "records_by_public_id", "remove_record")
+        library = await self._library(media_store)
+        a = library["a"]
+        assert await media_store.get_by_public_id("ws", a.public_id) == a
+        assert await media_store.get_by_public_id("ws-b", a.public_id) is None
+        assert await media_store.get_by_public_id("ws", str(uuid.uuid4())) is None
+        # Whatever its revision: a rewrite since the read does not save it.
+        await media_store.upsert("ws", a.file)
+        assert await media_store.remove_record(a) is True
+        assert await media_store.get_by_public_id("ws", a.public_id) is None
+        assert await media_store.get("ws", a.file.fingerprint) is None
+        assert await media_store.remove_record(a) is False
+        # Another workspace's record of the same public id is not touched.
+        f = library["f"]
+        assert await media_store.remove_record(dataclasses.replace(f, workspace_id="ws")) is False
+        assert await media_store.get_by_public_id("ws-b", f.public_id) == f
+
+    @pytest.mark.gen_test
+    async def test_mission_summaries(self, media_store):
+        self._requires(media_store, "import", "mission_summaries", "mission_expectations")
+        library = await self._library(media_store)
+        await media_store.save_group("ws", GroupReport("m1", 3, 2))
+        await media_store.save_mission_expectation("ws", "m9", 4)
+        missions = await media_store.mission_summaries("ws", 50)
+        by_id = {m.file_group_id: m for m in missions}
+        assert set(by_id) == {"m1", "m2", "m9"}
+        m1, m2, m9 = by_id["m1"], by_id["m2"], by_id["m9"]
+        assert (m1.reported_file_count, m1.reported_uploaded_count, m1.recorded_count, m1.expected_file_count) \
+            == (3, 2, 2, None)
+        assert (m1.first_upload, m1.last_upload) == (library["a"].created_at, library["b"].created_at)
+        assert (m2.reported_file_count, m2.recorded_count, m2.last_upload) == (0, 2, library["e"].created_at)
+        assert not m2.reported and m1.reported
+        assert (m9.expected_file_count, m9.recorded_count, m9.first_upload) == (4, 0, None)
+        # Newest activity first, and keyset pages cover the same list.
+        assert [(m.updated_at, m.file_group_id) for m in missions] == sorted(
+            ((m.updated_at, m.file_group_id) for m in missions), reverse=True)
+        first = await media_store.mission_summaries("ws", 2)
+        rest = await media_store.mission_summaries("ws", 2, (first[-1].updated_at, first[-1].file_group_id))
+        assert first + rest == missions
+        assert [m.file_group_id for m in await media_store.mission_summaries("ws-b", 50)] == ["m1"]
 
 
 class ObjectStoreContract:
