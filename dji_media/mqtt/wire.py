@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..devices import GATEWAY_SN_RE
+from ..dji_format import lenient_bool, lenient_float, lenient_str, section, storage_config
 from ..docks import DockUpload
 from ..errors import BadRequest, Unavailable
 from ..rules import MAX_INT, MAX_NAME, MAX_OBJECT_KEY, MAX_PATH, MAX_SHORT_ID, MAX_TIME_TEXT
@@ -212,45 +212,6 @@ def _integer(obj: Mapping[str, Any], key: str, *, field: str) -> Optional[int]:
     return value
 
 
-def _section(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    """An optional nested object; anything that is not an object counts as absent."""
-    value = obj.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def _lenient_float(value: Any) -> Optional[float]:
-    """Metadata numbers may arrive as strings (docks send yaw as "-91.40"); what does not parse
-    is dropped (it stays in the raw JSON)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        result = float(value)
-    elif isinstance(value, str):
-        try:
-            result = float(value.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    return result if math.isfinite(result) else None
-
-
-def _lenient_bool(value: Any) -> Optional[bool]:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    return None
-
-
-def _lenient_str(value: Any, limit: int) -> Optional[str]:
-    if isinstance(value, str) and value and len(value) <= limit:
-        return value
-    return None
-
-
 def _lenient_count(value: Any) -> Optional[int]:
     """A count from 0 to MAX_INT, or None: mission counts describe the mission, and one that
     does not parse must not cost the file its record."""
@@ -281,10 +242,10 @@ def parse_file_upload_callback(envelope: Envelope, *, gateway_sn: Optional[str] 
     file = data.get("file")
     if not isinstance(file, dict):
         raise BadRequest("data.file is required and must be an object", field="data.file")
-    ext = _section(file, "ext")
-    meta = _section(file, "metadata")
-    position = _section(meta, "shoot_position")
-    task = _section(data, "flight_task")
+    ext = section(file, "ext")
+    meta = section(file, "metadata")
+    position = section(meta, "shoot_position")
+    task = section(data, "flight_task")
     flight_id = _string(ext, "flight_id", MAX_SHORT_ID, field="data.file.ext.flight_id")
     # A missing result is success, as for Pilot 2: the documented callback has none. A
     # present, non-zero one is a failed upload, which the service acknowledges and does not
@@ -296,19 +257,19 @@ def parse_file_upload_callback(envelope: Envelope, *, gateway_sn: Optional[str] 
         name=_string(file, "name", MAX_NAME, field="data.file.name"),
         path=_string(file, "path", MAX_PATH, field="data.file.path"),
         flight_id=flight_id or None,  # "" names no mission
-        drone_model_key=_lenient_str(ext.get("drone_model_key"), MAX_SHORT_ID),
-        payload_model_key=_lenient_str(ext.get("payload_model_key"), MAX_SHORT_ID),
-        is_original=_lenient_bool(ext.get("is_original")),
+        drone_model_key=lenient_str(ext.get("drone_model_key"), MAX_SHORT_ID, empty_is_none=True),
+        payload_model_key=lenient_str(ext.get("payload_model_key"), MAX_SHORT_ID, empty_is_none=True),
+        is_original=lenient_bool(ext.get("is_original")),
         sn=aircraft_sn,
         gateway_sn=gateway_sn,
-        gimbal_yaw_degree=_lenient_float(meta.get("gimbal_yaw_degree")),
-        absolute_altitude=_lenient_float(meta.get("absolute_altitude")),
-        relative_altitude=_lenient_float(meta.get("relative_altitude")),
+        gimbal_yaw_degree=lenient_float(meta.get("gimbal_yaw_degree")),
+        absolute_altitude=lenient_float(meta.get("absolute_altitude")),
+        relative_altitude=lenient_float(meta.get("relative_altitude")),
         # The dock's local time without a zone: kept as sent, never given an invented offset.
-        create_time_text=_lenient_str(meta.get("create_time"), MAX_TIME_TEXT),
-        shoot_lat=_lenient_float(position.get("lat")),
-        shoot_lng=_lenient_float(position.get("lng")),
-        cloud_to_cloud_id=_lenient_str(file.get("cloud_to_cloud_id"), MAX_SHORT_ID),
+        create_time_text=lenient_str(meta.get("create_time"), MAX_TIME_TEXT, empty_is_none=True),
+        shoot_lat=lenient_float(position.get("lat")),
+        shoot_lng=lenient_float(position.get("lng")),
+        cloud_to_cloud_id=lenient_str(file.get("cloud_to_cloud_id"), MAX_SHORT_ID, empty_is_none=True),
         raw_json=envelope.raw_json,
         expected_file_count=_lenient_count(task.get("expected_file_count")),
         uploaded_file_count=_lenient_count(task.get("uploaded_file_count")),
@@ -324,8 +285,8 @@ def parse_priority_flight(envelope: Envelope) -> str:
 def parse_flighttask_progress(envelope: Envelope) -> Optional[Tuple[str, int]]:
     """``(flight_id, media_count)`` from ``data.output.ext`` when both are there and valid;
     None otherwise (progress events are mostly about the flight, not its media)."""
-    ext = _section(_section(envelope.data, "output"), "ext")
-    flight_id = _lenient_str(ext.get("flight_id"), MAX_SHORT_ID)
+    ext = section(section(envelope.data, "output"), "ext")
+    flight_id = lenient_str(ext.get("flight_id"), MAX_SHORT_ID, empty_is_none=True)
     media_count = _lenient_count(ext.get("media_count"))
     if flight_id is None or media_count is None:
         return None
@@ -358,21 +319,8 @@ def parse_update_topo(envelope: Envelope) -> Optional[str]:
 # ------------------------------------------------------------------------------ the replies
 
 def render_grant(grant: StorageGrant, expire_seconds: int) -> Dict[str, Any]:
-    """storage_config_get's ``output``: exactly the ``data`` object of Pilot 2's sts answer
-    (the field names are the same on both wires)."""
-    return {
-        "bucket": grant.bucket,
-        "credentials": {
-            "access_key_id": grant.credentials.access_key_id,
-            "access_key_secret": grant.credentials.secret_access_key,
-            "expire": int(expire_seconds),  # devices reject "3300" as a string
-            "security_token": grant.credentials.session_token or "",
-        },
-        "endpoint": grant.endpoint,
-        "object_key_prefix": grant.object_key_prefix,
-        "provider": grant.provider,
-        "region": grant.region,
-    }
+    """storage_config_get's ``output``: exactly the ``data`` object of Pilot 2's sts answer."""
+    return storage_config(grant, expire_seconds)
 
 
 def request_result(result: int, output: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import re
 from typing import Any, Dict, List, Mapping, Optional
 
+from ..dji_format import lenient_bool, lenient_float, lenient_str, section, storage_config
 from ..errors import BadRequest
 from ..rules import (
     MAX_FINGERPRINT,
@@ -114,44 +114,6 @@ def _required_integer(obj: Mapping[str, Any], key: str, *, field: str, minimum: 
     return value
 
 
-def _section(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    """An optional nested object; anything that is not an object counts as absent."""
-    value = obj.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def _lenient_float(value: Any) -> Optional[float]:
-    """Metadata numbers may arrive as strings (yaw does); what does not parse is dropped."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        result = float(value)
-    elif isinstance(value, str):
-        try:
-            result = float(value.strip())
-        except ValueError:
-            return None
-    else:
-        return None
-    return result if math.isfinite(result) else None
-
-
-def _lenient_bool(value: Any) -> Optional[bool]:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    return None
-
-
-def _lenient_str(value: Any, limit: int) -> Optional[str]:
-    if isinstance(value, str) and len(value) <= limit:
-        return value
-    return None
-
-
 def parse_created_time(text: Any) -> Optional[_dt.datetime]:
     """ISO 8601 with an offset, to UTC. Without an offset the zone is unknown: None."""
     if not isinstance(text, str) or len(text) > MAX_TIME_TEXT:
@@ -178,7 +140,7 @@ def _tiny_from_ext(ext: Mapping[str, Any], field_prefix: str) -> Optional[str]:
 
 def parse_fast_upload(body: bytes) -> FastUploadQuery:
     obj = decode_object(body)
-    ext = _section(obj, "ext")
+    ext = section(obj, "ext")
     return FastUploadQuery(
         fingerprint=_required_string(obj, "fingerprint", MAX_FINGERPRINT, field="fingerprint"),
         tiny_fingerprint=_tiny_from_ext(ext, "ext"),
@@ -215,9 +177,9 @@ def parse_sts(body: bytes) -> None:
 
 def parse_upload_callback(body: bytes) -> UploadReport:
     obj = decode_object(body)
-    ext = _section(obj, "ext")
-    meta = _section(obj, "metadata")
-    position = _section(meta, "shoot_position")
+    ext = section(obj, "ext")
+    meta = section(obj, "metadata")
+    position = section(meta, "shoot_position")
     created_text = meta.get("created_time")
     # A missing result is taken as success: DJI's own demo never reads it, so a device that
     # leaves it out has uploaded. A present, non-zero result is a failure and is not recorded.
@@ -231,17 +193,17 @@ def parse_upload_callback(body: bytes) -> UploadReport:
         path=_string(obj, "path", MAX_PATH, field="path"),
         sub_file_type=sub_file_type,
         file_group_id=_string(ext, "file_group_id", MAX_SHORT_ID, field="ext.file_group_id"),
-        drone_model_key=_lenient_str(ext.get("drone_model_key"), MAX_SHORT_ID),
-        payload_model_key=_lenient_str(ext.get("payload_model_key"), MAX_SHORT_ID),
-        is_original=_lenient_bool(ext.get("is_original")),
-        sn=_lenient_str(ext.get("sn"), MAX_SHORT_ID),
-        gimbal_yaw_degree=_lenient_float(meta.get("gimbal_yaw_degree")),
-        absolute_altitude=_lenient_float(meta.get("absolute_altitude")),
-        relative_altitude=_lenient_float(meta.get("relative_altitude")),
+        drone_model_key=lenient_str(ext.get("drone_model_key"), MAX_SHORT_ID),
+        payload_model_key=lenient_str(ext.get("payload_model_key"), MAX_SHORT_ID),
+        is_original=lenient_bool(ext.get("is_original")),
+        sn=lenient_str(ext.get("sn"), MAX_SHORT_ID),
+        gimbal_yaw_degree=lenient_float(meta.get("gimbal_yaw_degree")),
+        absolute_altitude=lenient_float(meta.get("absolute_altitude")),
+        relative_altitude=lenient_float(meta.get("relative_altitude")),
         created_time=parse_created_time(created_text),
-        created_time_text=_lenient_str(created_text, MAX_TIME_TEXT),
-        shoot_lat=_lenient_float(position.get("lat")),
-        shoot_lng=_lenient_float(position.get("lng")),
+        created_time_text=lenient_str(created_text, MAX_TIME_TEXT),
+        shoot_lat=lenient_float(position.get("lat")),
+        shoot_lng=lenient_float(position.get("lng")),
         raw_json=_encode_raw(obj),
     )
     return UploadReport(result=result, file=media)
@@ -283,16 +245,4 @@ def unknown_file(fingerprint: str) -> Dict[str, Any]:
 
 
 def render_grant(grant: StorageGrant, expire_seconds: int) -> Dict[str, Any]:
-    return {
-        "bucket": grant.bucket,
-        "credentials": {
-            "access_key_id": grant.credentials.access_key_id,
-            "access_key_secret": grant.credentials.secret_access_key,
-            "expire": int(expire_seconds),  # devices reject "3300" as a string
-            "security_token": grant.credentials.session_token or "",
-        },
-        "endpoint": grant.endpoint,
-        "object_key_prefix": grant.object_key_prefix,
-        "provider": grant.provider,
-        "region": grant.region,
-    }
+    return storage_config(grant, expire_seconds)
