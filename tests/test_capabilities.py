@@ -45,7 +45,7 @@ def test_shipped_stores_declare_what_they_implement(tmp_path):
     catalogue = ["find_records", "count_records", "records_by_public_id", "remove_record", "mission_summaries"]
     assert capabilities_of(InMemoryMediaStore()) == ["import", "confirmations", *sweep, *docks, *catalogue]
     store = PeeweeMediaStore(url=f"sqlite:///{tmp_path}/m.sqlite3")
-    assert capabilities_of(store) == ["import", "confirmations", "migrations", *sweep, *docks]
+    assert capabilities_of(store) == ["import", "confirmations", "migrations", *sweep, *docks, *catalogue]
     for backend in (InMemoryMediaStore, PeeweeMediaStore):
         # The sweep's media-store half; "listing" is the object store's.
         assert [name for name in FEATURES["sweep"] if not has_capability(backend, name)] == ["listing"]

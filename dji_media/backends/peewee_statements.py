@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import peewee
 
-from ..values import MediaFile, MediaRecord
+from ..values import PHOTO_EXTENSIONS, VIDEO_EXTENSIONS, FileQuery, MediaFile, MediaRecord
 from .peewee_schema import _MEDIA_FIELDS, MYSQL_OBJECT_KEY_BYTES, _aware_utc, _naive_utc
 
 # Columns an upsert leaves as they are when the new value is NULL: callbacks never carry them
@@ -58,6 +58,7 @@ class MediaStatements:
         self._columns = [f.column_name for f in fields]
         table = q(model._meta.table_name)
         select_list = ", ".join(q(c) for c in self._columns)
+        self.select_list = select_list
         p = self._param
         self._select = f"SELECT {select_list} FROM {table} WHERE {q('workspace_id')} = {p} AND "
         self.get = self._select + f"{q('fingerprint')} = {p}"
@@ -249,3 +250,105 @@ class TaskStatements:
 
 
 _CREATED_TIME = _MEDIA_FIELDS.index("created_time")
+
+
+def _like_pattern(text: str) -> str:
+    """``text`` as a LIKE pattern that contains it, with ``!`` escaping LIKE's wildcards (the
+    same ESCAPE character on every engine: a backslash means different things in MySQL's and
+    PostgreSQL's string literals)."""
+    escaped = text.lower().replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    return f"%{escaped}%"
+
+
+class LibraryStatements:
+    """The media library's searches (``MediaStore.find_records`` and friends) on one media table.
+
+    Keyset pagination on (created_at, public_id): the row-value comparison and the ORDER BY
+    follow the (workspace_id, created_at, public_id) index, so the database walks the index
+    from the cursor instead of counting past the rows before it (an OFFSET would).
+    """
+
+    def __init__(self, db: peewee.Database, model: Type[peewee.Model], select_list: str) -> None:
+        open_quote, close_quote = db.quote[0], db.quote[-1]
+
+        def q(name: str) -> str:
+            return f"{open_quote}{name}{close_quote}"
+
+        self.q = q
+        self.p = db.param
+        self.table = q(model._meta.table_name)
+        self.select_list = select_list
+        # The kind from the name's extension, as values.file_kind decides it. A literal % is
+        # doubled for the drivers whose placeholder is %s (psycopg2, PyMySQL).
+        percent = "%%" if self.p == "%s" else "%"
+        photo = " OR ".join(f"LOWER({q('name')}) LIKE '{percent}.{e}'" for e in PHOTO_EXTENSIONS)
+        video = " OR ".join(f"LOWER({q('name')}) LIKE '{percent}.{e}'" for e in VIDEO_EXTENSIONS)
+        self.kinds = {
+            "photo": f"({photo})",
+            "video": f"({video})",
+            "other": f"({q('name')} IS NULL OR NOT ({photo} OR {video}))",
+        }
+
+    def where(self, query: FileQuery) -> Tuple[str, List[Any]]:
+        """The WHERE clause (without the keyword) of ``query``, and its parameters."""
+        q, p = self.q, self.p
+        parts = [f"{q('workspace_id')} = {p}"]
+        params: List[Any] = [query.workspace_id]
+        for column, wanted in (("file_group_id", query.mission), ("sn", query.sn),
+                               ("drone_model_key", query.drone_model_key),
+                               ("payload_model_key", query.payload_model_key)):
+            if wanted is not None:
+                parts.append(f"{q(column)} = {p}")
+                params.append(wanted)
+        if query.kind is not None:
+            parts.append(self.kinds[query.kind])
+        if query.original is not None:
+            parts.append(f"{q('is_original')} = {p}")
+            params.append(query.original)
+        if query.text is not None:
+            pattern = _like_pattern(query.text)
+            parts.append(f"(LOWER({q('name')}) LIKE {p} ESCAPE '!' OR LOWER({q('path')}) LIKE {p} ESCAPE '!')")
+            params += [pattern, pattern]
+        for column, low, high in (("created_at", query.uploaded_from, query.uploaded_to),
+                                  ("created_time", query.captured_from, query.captured_to)):
+            if low is not None:
+                parts.append(f"{q(column)} >= {p}")
+                params.append(_naive_utc(low))
+            if high is not None:
+                parts.append(f"{q(column)} <= {p}")
+                params.append(_naive_utc(high))
+        if query.bbox is not None:
+            min_lng, min_lat, max_lng, max_lat = query.bbox
+            parts.append(f"{q('shoot_lat')} BETWEEN {p} AND {p} AND {q('shoot_lng')} BETWEEN {p} AND {p}")
+            params += [min_lat, max_lat, min_lng, max_lng]
+        return " AND ".join(parts), params
+
+    def find(self, query: FileQuery, limit: int, after: Optional[Tuple[_dt.datetime, str]]) -> Tuple[str, List[Any]]:
+        q, p = self.q, self.p
+        where, params = self.where(query)
+        direction = "DESC" if query.newest_first else "ASC"
+        if after is not None:
+            where += f" AND ({q('created_at')}, {q('public_id')}) {'<' if query.newest_first else '>'} ({p}, {p})"
+            params += [_naive_utc(after[0]), after[1]]
+        sql = (f"SELECT {self.select_list} FROM {self.table} WHERE {where} "
+               f"ORDER BY {q('created_at')} {direction}, {q('public_id')} {direction} LIMIT {p}")
+        return sql, [*params, limit]
+
+    def count(self, query: FileQuery) -> Tuple[str, List[Any]]:
+        where, params = self.where(query)
+        return f"SELECT COUNT(*) FROM {self.table} WHERE {where}", params
+
+    def by_public_id(self) -> str:
+        q, p = self.q, self.p
+        return f"SELECT {self.select_list} FROM {self.table} WHERE {q('workspace_id')} = {p} AND {q('public_id')} = {p}"
+
+    def remove(self) -> str:
+        q, p = self.q, self.p
+        return f"DELETE FROM {self.table} WHERE {q('workspace_id')} = {p} AND {q('public_id')} = {p}"
+
+    def missions(self) -> str:
+        """Each file_group_id among a workspace's records: how many, first and last upload."""
+        q, p = self.q, self.p
+        return (f"SELECT {q('file_group_id')}, COUNT(*), MIN({q('created_at')}), MAX({q('created_at')}) "
+                f"FROM {self.table} WHERE {q('workspace_id')} = {p} AND {q('file_group_id')} IS NOT NULL "
+                f"GROUP BY {q('file_group_id')}")

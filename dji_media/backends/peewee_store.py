@@ -29,7 +29,19 @@ from playhouse.pool import (
 
 from ..errors import DatabaseUnavailable
 from ..interfaces import MediaStore
-from ..values import FileGroup, GroupReport, MediaFile, MediaRecord, ObjectInfo, SchemaMigration, utc_now
+from ..values import (
+    FileGroup,
+    FileQuery,
+    GroupReport,
+    MediaFile,
+    MediaRecord,
+    MissionCursor,
+    MissionSummary,
+    ObjectInfo,
+    RecordCursor,
+    SchemaMigration,
+    utc_now,
+)
 from ._batching import ReadBatcher, WriteBatcher
 from ._blocking import BlockingRunner
 from .peewee_migrations import SchemaVersions
@@ -53,7 +65,7 @@ from .peewee_schema import (  # noqa: F401 - open_database and _build_models are
     object_key_index_name,
     open_database,
 )
-from .peewee_statements import MediaStatements, TaskStatements
+from .peewee_statements import LibraryStatements, MediaStatements, TaskStatements
 
 log = logging.getLogger("dji_media.peewee")
 
@@ -64,6 +76,14 @@ _T = TypeVar("_T")
 # insert_missing keys a record by its fingerprint, or one without (a dock's) by its object key
 # behind a NUL, which no stored fingerprint holds (_check_storable refuses it).
 _BY_KEY = "\x00"
+
+
+def _library_storable(query: FileQuery, after: Optional[RecordCursor]) -> bool:
+    """Whether anything could match: a NUL in a filter's text matches no stored row (and
+    PostgreSQL would refuse the parameter)."""
+    texts = [query.workspace_id, query.mission, query.sn, query.drone_model_key, query.payload_model_key,
+             query.text, after[1] if after is not None else None]
+    return all(t is None or _storable(t) for t in texts)
 
 
 def _ident(file: MediaFile) -> str:
@@ -138,6 +158,7 @@ class PeeweeMediaStore(MediaStore):
         self._schema_lock = threading.Lock()
         self._runner = BlockingRunner(executor=executor, max_workers=max_workers, name="dji-db")
         self._sql = MediaStatements(self.db, self._media)
+        self._library = LibraryStatements(self.db, self._media, self._sql.select_list)
         self._tasks = TaskStatements(self.db, self._task)
         self._object_key_index = object_key_index_name(self._media._meta.table_name)
         # Point reads made in one turn of the event loop share one trip to a pool thread.
@@ -679,6 +700,84 @@ class PeeweeMediaStore(MediaStore):
             return list(map(self._sql.record, self.db.execute_sql(sql, params).fetchall()))
 
         return await self._run(fetch)
+
+    # -------------------------------------------------------- the media library (catalogue)
+
+    async def find_records(self, query: FileQuery, limit: int,
+                           after: Optional[RecordCursor] = None) -> List[MediaRecord]:
+        if limit <= 0 or not _library_storable(query, after):
+            return []
+        sql, params = self._library.find(query, limit, after)
+
+        def fetch() -> List[MediaRecord]:
+            return list(map(self._sql.record, self.db.execute_sql(sql, params).fetchall()))
+
+        return await self._run(fetch)
+
+    async def count_records(self, query: FileQuery) -> int:
+        if not _library_storable(query, None):
+            return 0
+        sql, params = self._library.count(query)
+
+        def fetch() -> int:
+            return int(self.db.execute_sql(sql, params).fetchone()[0])
+
+        return await self._run(fetch)
+
+    async def get_by_public_id(self, workspace_id: str, public_id: str) -> Optional[MediaRecord]:
+        if not (_storable(workspace_id) and _storable(public_id)):
+            return None
+
+        def fetch() -> Optional[MediaRecord]:
+            row = self.db.execute_sql(self._library.by_public_id(), (workspace_id, public_id)).fetchone()
+            return self._sql.record(row) if row else None
+
+        return await self._run(fetch)
+
+    async def remove_record(self, record: MediaRecord) -> bool:
+        if record.public_id is None or not _storable(record.public_id):
+            return False
+
+        def delete() -> bool:
+            cursor = self.db.execute_sql(self._library.remove(), (record.workspace_id, record.public_id))
+            return bool(cursor.rowcount and cursor.rowcount > 0)
+
+        return bool(await self._write(delete))
+
+    async def mission_summaries(self, workspace_id: str, limit: int,
+                                after: Optional[MissionCursor] = None) -> List[MissionSummary]:
+        # Both halves are read whole for the workspace and merged here: a mission lives in the
+        # group table, in the records, or in both, and the order is by the later of the two.
+        # A workspace holds missions by the thousand, not the million; the record half reads the
+        # (workspace_id, file_group_id) index.
+        if limit <= 0 or not _storable(workspace_id):
+            return []
+        g = self._group
+
+        def fetch() -> Tuple[List[Any], List[FileGroup]]:
+            rows = self.db.execute_sql(self._library.missions(), (workspace_id,)).fetchall()
+            groups = [self._group_value(row) for row in g.select().where(g.workspace_id == workspace_id)]
+            return rows, groups
+
+        rows, groups = await self._run(fetch)
+        uploads = {row[0]: (int(row[1]), _aware_utc(row[2]), _aware_utc(row[3])) for row in rows}
+        by_id = {group.file_group_id: group for group in groups}
+        summaries = []
+        for mission in set(uploads) | set(by_id):
+            group = by_id.get(mission)
+            count, first, last = uploads.get(mission, (0, None, None))
+            moments = [m for m in (last, group.updated_at if group is not None else None) if m is not None]
+            summaries.append(MissionSummary(
+                workspace_id=workspace_id, file_group_id=mission,
+                reported_file_count=group.file_count if group is not None else 0,
+                reported_uploaded_count=group.file_uploaded_count if group is not None else 0,
+                expected_file_count=group.expected_file_count if group is not None else None,
+                recorded_count=count, first_upload=first, last_upload=last, updated_at=max(moments),
+                reported=group is not None and (group.file_count > 0 or group.expected_file_count is None)))
+        summaries.sort(key=lambda m: (m.updated_at, m.file_group_id), reverse=True)
+        if after is not None:
+            summaries = [m for m in summaries if (m.updated_at, m.file_group_id) < after]
+        return summaries[:limit]
 
     async def confirm(self, confirmations: Sequence[Tuple[MediaRecord, ObjectInfo]], when: _dt.datetime) -> None:
         """See ``MediaStore.confirm``. ``etag`` and ``size`` are each recorded where the record
