@@ -22,6 +22,9 @@ TEST_REQUIRES = [
     "jsonschema>=4.18,<5",
     # tests/test_fuzz.py: generated and mutated requests against a live server.
     "hypothesis>=6.80,<7",
+    # tests/test_library_page.py: the library's page in a real browser (Debian's Chromium and
+    # chromedriver, which .ci/run installs; the tests skip without them).
+    "selenium>=4.15,<5",
 ]
 
 # The progress bar of `dji-media import` (see doc/dependencies.md for the range).
@@ -43,7 +46,8 @@ setup(
     license="Apache-2.0",
     packages=find_packages(include=["dji_media", "dji_media.*"]),
     # PEP 561: the annotations are checked (mypy in tox's lint environment) and shipped.
-    package_data={"dji_media": ["py.typed"]},
+    # The library's page (dji_media/web/page.py) is served from these files: a wheel must carry them.
+    package_data={"dji_media": ["py.typed", "web/static/library/*"]},
     python_requires=">=3.9",
     install_requires=[
         "tornado>=6.1,<7",

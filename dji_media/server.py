@@ -17,6 +17,7 @@ from .config import Config
 from .errors import DjiMediaError, StartupError
 from .service import MediaService
 from .web import InFlight, NotFoundHandler, get_handlers, get_health_handlers
+from .web.page import get_page_handlers
 from .wiring import demo_banner, tls_context
 
 __all__ = ["make_application", "server_options", "startup_checks", "bind", "listen", "listening_line",
@@ -30,7 +31,8 @@ def make_application(service: MediaService, config: Config,
     return tornado.web.Application(
         get_handlers(service, prefix=config.server.prefix,
                      max_body_bytes=config.server.max_body_bytes, in_flight=in_flight)
-        + get_health_handlers(service, sweep=sweep),  # at the root, where probes look for them
+        + get_health_handlers(service, sweep=sweep)  # at the root, where probes look for them
+        + get_page_handlers(config.server.prefix),  # the library's page, beside its API
         default_handler_class=NotFoundHandler,
     )
 
