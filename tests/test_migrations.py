@@ -1,7 +1,7 @@
 """Schema versions: a database at the first released schema (version 1), or at version 2 or 3,
 filled with records covering the edge cases, upgraded by `dji-media migrate`, keeps every record
 and group (version 4 gives each record a public id and keeps one record per object key, version 5
-lets a dock's record go without a fingerprint); a
+lets a dock's record go without a fingerprint, version 6 indexes the media library); a
 store, `serve` and `check` refuse a database at another version with one line saying what to run.
 
 Version 1's tables come from tests/schema_v1/<engine>.sql: DDL frozen from the models of commit
@@ -29,15 +29,21 @@ import pytest
 
 from dji_media import PeeweeMediaStore
 from dji_media.backends.peewee_migrations import PUBLIC_ID_BATCH, STEPS, SchemaVersions
-from dji_media.backends.peewee_schema import _MYSQL_COLLATIONS, SCHEMA_VERSION, _build_models, open_database
+from dji_media.backends.peewee_schema import (
+    _MYSQL_COLLATIONS,
+    SCHEMA_VERSION,
+    _build_models,
+    library_index_name,
+    open_database,
+)
 from dji_media.errors import SchemaMismatch
 from dji_media.testing.contracts import sample_file
 from dji_media.values import FileGroup, MediaFile, MediaRecord
 from support import ENGINES, TESTS, database_url_for, drop_store_tables, new_table_prefix, run_cli, write_config
 
 UTC = _dt.timezone.utc
-NEEDS_5 = "database schema is version 1, this dji_media needs 5: run `dji-media migrate --config <file>`"
-NEWER = "database schema is version 6, newer than this dji_media understands (5): upgrade dji_media"
+NEEDS_6 = "database schema is version 1, this dji_media needs 6: run `dji-media migrate --config <file>`"
+NEWER = "database schema is version 7, newer than this dji_media understands (6): upgrade dji_media"
 # The media columns of version 1 (commit 69384d1's _MEDIA_FIELDS), written when filling it.
 V1_FIELDS = (
     "tiny_fingerprint", "object_key", "name", "path", "sub_file_type", "file_group_id",
@@ -272,6 +278,13 @@ def v5_lines(db: Database, prefix: str, nullable_already: bool = False):
     )]
 
 
+def v6_lines(db: Database, prefix: str):
+    """The lines of step 5 -> 6 (the media library's indexes)."""
+    table = f"{prefix}media_file"
+    return [f"  5 -> 6: create index {library_index_name(table, columns)} on {table} ({', '.join(columns)})"
+            for columns in (("workspace_id", "created_at", "public_id"), ("workspace_id", "file_group_id"))]
+
+
 def version_rows(db: Database, prefix: str):
     return [row[0] for row in db.sql(f"SELECT `version` FROM `{prefix}schema`")]
 
@@ -312,16 +325,16 @@ async def test_migrate_keeps_every_record_of_a_version_1_database(database):
     assert done.returncode == 0, done.stderr
     table = f"{prefix}media_file"
     assert done.stdout.splitlines()[1:] == [
-        "schema: version 1; this dji_media works with version 5",
+        "schema: version 1; this dji_media works with version 6",
         f"  1 -> 2: add column job_id VARCHAR(128) NULL to {table}",
         f"  1 -> 2: create index {table}_workspace_id_object_key on {table} (workspace_id, object_key"
         + ("(191))" if database.engine == "mysql" else ")"),
         f"  2 -> 3: add column payload_name VARCHAR(128) NULL to {table}",
         *v4_lines(database, prefix, len(records)),
-        *v5_lines(database, prefix, nullable_already=database.engine == "sqlite"),
-        "migrated: schema version 5",
+        *v5_lines(database, prefix, nullable_already=database.engine == "sqlite"), *v6_lines(database, prefix),
+        "migrated: schema version 6",
     ]
-    assert version_rows(database, prefix) == [5]
+    assert version_rows(database, prefix) == [6]
     key = "object_key_bytes" if database.engine == "mysql" else "object_key"
     assert database.versions(prefix).has_index(table, ("workspace_id", key), unique=True)
     count = database.sql(f"SELECT COUNT(*) FROM `{table}` WHERE `job_id` IS NULL AND `payload_name` IS NULL "
@@ -349,9 +362,9 @@ async def test_migrate_keeps_every_record_of_a_version_1_database(database):
 
     again = run_cli("migrate", "--config", config)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.splitlines()[1:] == ["schema: version 5; this dji_media works with version 5",
+    assert again.stdout.splitlines()[1:] == ["schema: version 6; this dji_media works with version 6",
                                              "up to date: nothing to do"]
-    assert version_rows(database, prefix) == [5]
+    assert version_rows(database, prefix) == [6]
     assert shape(database, prefix) == shape(database, fresh)
 
 
@@ -373,10 +386,10 @@ async def test_migrate_keeps_every_record_of_a_version_2_database(database):
     # Only the next step's changes can be there already: the dry run says so of none later.
     v4[2] = v4[2].replace(" (already there)", "")
     assert dry.stdout.splitlines()[1:] == [
-        "schema: version 2; this dji_media works with version 5",
+        "schema: version 2; this dji_media works with version 6",
         f"  2 -> 3: add column payload_name VARCHAR(128) NULL to {table}",
         *v4,
-        *v5_lines(database, prefix),
+        *v5_lines(database, prefix), *v6_lines(database, prefix),
         "dry run: nothing was changed",
     ]
     assert version_rows(database, prefix) == [2]
@@ -387,8 +400,9 @@ async def test_migrate_keeps_every_record_of_a_version_2_database(database):
     assert done.stdout.splitlines()[2:] == [f"  2 -> 3: add column payload_name VARCHAR(128) NULL to {table}",
                                             *v4_lines(database, prefix, len(records)),
                                             *v5_lines(database, prefix, database.engine == "sqlite"),
-                                            "migrated: schema version 5"]
-    assert version_rows(database, prefix) == [5]
+                                            *v6_lines(database, prefix),
+                                            "migrated: schema version 6"]
+    assert version_rows(database, prefix) == [6]
     fresh = database.prefix()
     store = database.store(fresh)
     await store.ping()
@@ -417,11 +431,11 @@ async def test_dry_run_changes_nothing(database):
     dry = run_cli("migrate", "--config", database.config(prefix), "--dry-run")
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
-    assert lines[1] == "schema: version 1; this dji_media works with version 5"
+    assert lines[1] == "schema: version 1; this dji_media works with version 6"
     assert lines[2].startswith("  1 -> 2: add column job_id") and lines[3].startswith("  1 -> 2: create index")
     assert lines[4].startswith("  2 -> 3: add column payload_name")
     assert lines[5:-1] == [line.replace(" (already there)", "") for line in v4_lines(database, prefix, 3)] \
-        + v5_lines(database, prefix)
+        + v5_lines(database, prefix) + v6_lines(database, prefix)
     assert lines[-1] == "dry run: nothing was changed"
     assert shape(database, prefix) == before
     assert version_rows(database, prefix) == [1]
@@ -443,7 +457,7 @@ async def test_stores_refuse_other_versions_until_migrated(database):
     try:
         with pytest.raises(SchemaMismatch) as refused:
             await store.ping()
-        assert refused.value.message == NEEDS_5 and (refused.value.found, refused.value.needed) == (1, 5)
+        assert refused.value.message == NEEDS_6 and (refused.value.found, refused.value.needed) == (1, 6)
         with pytest.raises(SchemaMismatch):  # every unit of work, reads too
             await store.get("ws-a", sample_file().fingerprint)
         assert version_rows(database, old) == [1]  # a refusal writes nothing
@@ -462,7 +476,7 @@ async def test_stores_refuse_other_versions_until_migrated(database):
         finally:
             await migrator.close()
         assert (result.found, result.target, len(result.steps)) == (
-            1, 5, 3 + len(v4_lines(database, old, 2)) + len(v5_lines(database, old)))
+            1, 6, 3 + len(v4_lines(database, old, 2)) + len(v5_lines(database, old)) + len(v6_lines(database, old)))
         await store.ping()
         assert (await store.get("ws-a", sample_file().fingerprint)).file.job_id is None
     finally:
@@ -472,7 +486,7 @@ async def test_stores_refuse_other_versions_until_migrated(database):
     store = database.store(new)
     await store.ping()
     await store.close()
-    database.sql(f"UPDATE `{new}schema` SET `version` = 6")
+    database.sql(f"UPDATE `{new}schema` SET `version` = 7")
     store = database.store(new)
     try:
         with pytest.raises(SchemaMismatch) as refused:
@@ -480,7 +494,7 @@ async def test_stores_refuse_other_versions_until_migrated(database):
         assert refused.value.message == NEWER
         with pytest.raises(SchemaMismatch):  # migrate does not downgrade
             await store.migrate()
-        assert version_rows(database, new) == [6]
+        assert version_rows(database, new) == [7]
     finally:
         await store.close()
 
@@ -505,7 +519,7 @@ async def test_a_step_cut_short_is_finished(database):
         assert result.steps[0] == f"record version 1 in {prefix}schema (the row is missing)"
         assert result.steps[1].endswith("(already there)") and not result.steps[2].endswith("(already there)")
         assert not result.steps[3].endswith("(already there)")
-        assert version_rows(database, prefix) == [5]
+        assert version_rows(database, prefix) == [6]
         await store.ping()
     finally:
         await store.close()
@@ -543,7 +557,7 @@ async def test_a_failed_step_says_why_and_a_rerun_finishes(database):
     done = run_cli("migrate", "--config", config)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[2].endswith(" (already there)") is mysql
-    assert version_rows(database, prefix) == [5]
+    assert version_rows(database, prefix) == [6]
     store = database.store(prefix)
     try:
         await assert_holds(store, edge_records()[:3], [])
@@ -573,13 +587,13 @@ async def test_migrate_creates_an_empty_database(sqlite_database):
     config = sqlite_database.config(prefix)
     dry = run_cli("migrate", "--config", config, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.splitlines()[1:] == ["schema: none yet; this dji_media works with version 5",
-                                           "  create the tables at version 5", "dry run: nothing was changed"]
+    assert dry.stdout.splitlines()[1:] == ["schema: none yet; this dji_media works with version 6",
+                                           "  create the tables at version 6", "dry run: nothing was changed"]
     assert not sqlite_database.versions(prefix).table_exists(f"{prefix}schema")
     done = run_cli("migrate", "--config", config)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == "migrated: schema version 5"
-    assert version_rows(sqlite_database, prefix) == [5]
+    assert done.stdout.splitlines()[-1] == "migrated: schema version 6"
+    assert version_rows(sqlite_database, prefix) == [6]
 
 
 @pytest.mark.gen_test
@@ -588,26 +602,26 @@ async def test_migrate_refuses_a_newer_database(sqlite_database):
     store = sqlite_database.store(prefix)
     await store.ping()
     await store.close()
-    sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 6")
+    sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 7")
     done = run_cli("migrate", "--config", sqlite_database.config(prefix))
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == f"dji-media: migrate failed: {NEWER}"
-    assert version_rows(sqlite_database, prefix) == [6]
+    assert version_rows(sqlite_database, prefix) == [7]
 
 
 @pytest.fixture
 def refused_database(request, sqlite_database, s3):
-    """A configuration (on the suite's real S3) whose database is at version 1 or 6."""
+    """A configuration (on the suite's real S3) whose database is at version 1 or 7."""
     prefix = sqlite_database.prefix()
     if request.param == 1:
         sqlite_database.create_v1(prefix)
     else:
         sqlite_database.versions(prefix).ensure(create=True)  # a new database of this release
-        sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 6")
-    return sqlite_database.config(prefix, s3_endpoint=s3.endpoint), {1: NEEDS_5, 6: NEWER}[request.param]
+        sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 7")
+    return sqlite_database.config(prefix, s3_endpoint=s3.endpoint), {1: NEEDS_6, 7: NEWER}[request.param]
 
 
-@pytest.mark.parametrize("refused_database", [1, 6], indirect=True)
+@pytest.mark.parametrize("refused_database", [1, 7], indirect=True)
 def test_serve_and_check_refuse_another_version(refused_database):
     config, message = refused_database
     served = run_cli("serve", "--config", config)
@@ -680,12 +694,12 @@ async def test_migrate_a_version_3_database_to_5(database):
     done = run_cli("migrate", "--config", config)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[1:] == [
-        "schema: version 3; this dji_media works with version 5",
+        "schema: version 3; this dji_media works with version 6",
         *v4_lines(database, prefix, len(records) - len(superseded), duplicates=len(superseded)),
-        *v5_lines(database, prefix, database.engine == "sqlite"),
-        "migrated: schema version 5",
+        *v5_lines(database, prefix, database.engine == "sqlite"), *v6_lines(database, prefix),
+        "migrated: schema version 6",
     ]
-    assert version_rows(database, prefix) == [5]
+    assert version_rows(database, prefix) == [6]
     table = f"{prefix}media_file"
     assert database.sql(f"SELECT COUNT(*) FROM `{table}`")[0][0] == len(records) - len(superseded)
     ids = [row[0] for row in database.sql(f"SELECT `public_id` FROM `{table}`")]
@@ -763,9 +777,10 @@ async def test_a_step_4_cut_short_is_finished(database):
         result = await store.migrate()
         lines = [line.split(": ", 1)[1] for line in result.steps]
         assert [line.endswith(" (already there)") for line in lines] == [
-            True, True, False, True, False, False, False, False, False, database.engine == "sqlite", False, False]
+            True, True, False, True, False, False, False, False, False, database.engine == "sqlite",
+            False, False, False, False]
         assert "delete 1 record(s)" in lines[2] and lines[4].startswith("fill public_id of 1 row(s)")
-        assert version_rows(database, prefix) == [5]
+        assert version_rows(database, prefix) == [6]
         assert await store.get("ws-a", "LATE") is None  # the later inserted of the same time stays
         assert is_uuid4((await store.get("ws-a", "LATER")).public_id)
         await assert_holds(store, edge_records()[:4], [])
@@ -816,15 +831,17 @@ async def test_migrate_a_version_4_database_to_5(database):
 
     dry = run_cli("migrate", "--config", config, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.splitlines()[1:] == ["schema: version 4; this dji_media works with version 5",
-                                           *v5_lines(database, prefix), "dry run: nothing was changed"]
+    assert dry.stdout.splitlines()[1:] == ["schema: version 4; this dji_media works with version 6",
+                                           *v5_lines(database, prefix), *v6_lines(database, prefix),
+                                           "dry run: nothing was changed"]
     assert version_rows(database, prefix) == [4] and versions.column_not_null(table, "fingerprint")
 
     done = run_cli("migrate", "--config", config)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[1:] == ["schema: version 4; this dji_media works with version 5",
-                                            *v5_lines(database, prefix), "migrated: schema version 5"]
-    assert version_rows(database, prefix) == [5]
+    assert done.stdout.splitlines()[1:] == ["schema: version 4; this dji_media works with version 6",
+                                            *v5_lines(database, prefix), *v6_lines(database, prefix),
+                                            "migrated: schema version 6"]
+    assert version_rows(database, prefix) == [6]
     assert not versions.column_not_null(table, "fingerprint")
     assert versions.has_index(table, ("workspace_id", "fingerprint"), unique=True)
     assert {row[0] for row in database.sql(f"SELECT `public_id` FROM `{table}`")} == ids  # kept, not made again

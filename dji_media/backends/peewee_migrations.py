@@ -35,6 +35,7 @@ from ..values import SchemaMigration
 from .peewee_schema import (
     _MYSQL_COLLATIONS,
     ETAG_LENGTH,
+    LIBRARY_INDEXES,
     MAX_OBJECT_KEY_BYTES,
     MYSQL_OBJECT_KEY_BYTES,
     MYSQL_OBJECT_KEY_PREFIX,
@@ -42,6 +43,7 @@ from .peewee_schema import (
     SCHEMA_VERSION,
     _aware_utc,
     _describe,
+    library_index_name,
     object_key_index_name,
     public_id_default,
     public_id_index_name,
@@ -312,12 +314,33 @@ def _to_5(schema: "SchemaVersions") -> List[Change]:
     ]
 
 
+def _to_6(schema: "SchemaVersions") -> List[Change]:
+    # The media library: its pages read records newest (or oldest) first from a cursor, and its
+    # missions group records by file group. Only indexes: no row changes, and a version-5 server
+    # works on a version-6 database as before (it just does not use them).
+    table = schema.media_table
+
+    def creator(columns: Tuple[str, ...]) -> Callable[[], None]:
+        def create() -> None:
+            schema.db.execute(peewee.Index(library_index_name(table, columns), peewee.Table(table),
+                                           [peewee.Entity(c) for c in columns]).safe(False))
+        return create
+
+    def checker(columns: Tuple[str, ...]) -> Callable[[], bool]:
+        return lambda: schema.has_index(table, columns)
+
+    return [Change(f"create index {library_index_name(table, columns)} on {table} ({', '.join(columns)})",
+                   checker(columns), creator(columns))
+            for columns in LIBRARY_INDEXES]
+
+
 # In order; STEPS[i] brings a database to version i + 2 (version 1 is the first release's).
 STEPS: Tuple[Step, ...] = (
     Step(2, _to_2),
     Step(3, _to_3),
     Step(4, _to_4),
     Step(5, _to_5),
+    Step(6, _to_6),
 )
 if [step.version for step in STEPS] != list(range(2, SCHEMA_VERSION + 1)):  # pragma: no cover
     raise AssertionError("STEPS must lead, one version at a time, from 1 to SCHEMA_VERSION")

@@ -22,7 +22,7 @@ from ..errors import BadRequest
 log = logging.getLogger("dji_media.peewee")
 
 # The version of the tables below; ``peewee_migrations`` upgrades older databases to it.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # SQLite allows 999 parameters per statement in old builds; stay well below.
 QUERY_CHUNK = 500
 # URL schemes given a connection pool of max_workers connections (playhouse's "+pool" schemes
@@ -83,6 +83,20 @@ def object_key_index_name(media_table: str) -> str:
     """The (workspace_id, object_key) index's name, as peewee names an index of those columns.
     Unique since version 4 (on MySQL its second column is ``object_key_bytes``)."""
     return make_index_name(media_table, ("workspace_id", "object_key"))
+
+
+# Version 6: the media library's indexes. Its pages walk (workspace_id, created_at, public_id)
+# from a cursor (keyset pagination, newest or oldest first); missions group records by
+# (workspace_id, file_group_id), which the mission filter reads too.
+LIBRARY_INDEXES: Tuple[Tuple[str, ...], ...] = (
+    ("workspace_id", "created_at", "public_id"),
+    ("workspace_id", "file_group_id"),
+)
+
+
+def library_index_name(media_table: str, columns: Tuple[str, ...]) -> str:
+    """The name of one of version 6's indexes, as peewee names an index of those columns."""
+    return make_index_name(media_table, columns)
 
 
 def public_id_index_name(media_table: str) -> str:
@@ -335,6 +349,9 @@ def _build_models(db: peewee.Database, table_prefix: str) -> Tuple[Type[peewee.M
     key_column = getattr(MediaRow, MYSQL_OBJECT_KEY_BYTES) if mysql else MediaRow.object_key
     MediaRow.add_index(MediaRow.index(MediaRow.workspace_id, key_column, unique=True,
                                       name=object_key_index_name(table)))
+    for columns in LIBRARY_INDEXES:  # version 6
+        MediaRow.add_index(MediaRow.index(*(getattr(MediaRow, c) for c in columns),
+                                          name=library_index_name(table, columns)))
 
     class GroupRow(Base):
         workspace_id = peewee.CharField(max_length=64)
