@@ -59,6 +59,10 @@ CAPABILITIES: Dict[str, Capability] = {c.name: c for c in (
                "cannot delete a record"),
     Capability("mission_summaries", MediaStore, "mission_summaries", "the media library (catalogue)",
                "cannot summarise missions"),
+    Capability("presign", ObjectStore, "presign_get", "the media library (catalogue)",
+               "cannot hand out download URLs"),
+    Capability("object_delete", ObjectStore, "delete", "the media library (catalogue)",
+               "cannot delete objects"),
     Capability("listing", ObjectStore, "list_page", "the storage sweep (sweep.enabled)",
                "cannot list the bucket"),
 )}
@@ -67,7 +71,8 @@ CAPABILITIES: Dict[str, Capability] = {c.name: c for c in (
 FEATURES: Dict[str, Tuple[str, ...]] = {
     "sweep": ("sweep_records", "sweep_confirm", "sweep_workspaces", "leases", "listing"),
     "docks": ("mission_expectations",),
-    "catalogue": ("find_records", "count_records", "records_by_public_id", "remove_record", "mission_summaries"),
+    "catalogue": ("find_records", "count_records", "records_by_public_id", "remove_record", "mission_summaries",
+                  "presign", "object_delete"),
 }
 
 

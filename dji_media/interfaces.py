@@ -292,6 +292,24 @@ class ObjectStore(_Closable, abc.ABC):
         (capability "sweep"): the default raises NotImplementedError."""
         raise NotImplementedError(f"{type(self).__name__} cannot list objects (storage sweep)")
 
+    # ------------------------------------------------- optional: the media library
+    # Defaults raise NotImplementedError (capabilities "presign" and "object_delete").
+
+    async def presign_get(self, object_key: str, expires_seconds: int, filename: Optional[str] = None,
+                          inline: bool = False) -> str:
+        """A URL a browser can GET the object with for ``expires_seconds``, without credentials
+        of its own: signed for the endpoint the browser reaches (a store told of a public
+        endpoint signs for that host). Unless ``inline``, the response carries
+        ``Content-Disposition: attachment`` with ``filename`` (the browser saves the file under
+        that name). Sends no request: it says nothing about whether the object exists.
+        Raises ``StorageUnavailable`` if the URL cannot be made."""
+        raise NotImplementedError(f"{type(self).__name__} cannot presign downloads (media library)")
+
+    async def delete(self, object_key: str) -> None:
+        """Delete the object. An object already gone is no error (idempotent); any failure to
+        ask raises ``StorageUnavailable``, and then the object may still be there."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete objects (media library)")
+
 
 # Credentials handed out must have at least this long to live, so a device can finish an upload.
 MIN_CREDENTIAL_SECONDS = 900

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 from typing import FrozenSet, Iterable, Optional, Tuple
+from urllib.parse import quote
 
 
 def utc_now() -> _dt.datetime:
@@ -327,3 +328,14 @@ class MissionSummary:
 
 # Where a page of missions ends: the last one's (updated_at, file_group_id).
 MissionCursor = Tuple[_dt.datetime, str]
+
+
+# Shared by every object store's presign_get, so a download is named alike whatever the backend.
+def content_disposition(filename: Optional[str]) -> str:
+    """``attachment`` with the file's name: an ASCII fallback in ``filename`` (quotes,
+    backslashes, control and non-ASCII characters replaced) and the exact name in
+    ``filename*`` (RFC 6266), so a browser saves the file under the device's name."""
+    if not filename:
+        return "attachment"
+    fallback = "".join(c if " " <= c < "\x7f" and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"

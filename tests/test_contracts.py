@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import datetime as _dt
+import urllib.error
+import urllib.request
 
 import jwt
 import pytest
@@ -66,6 +68,10 @@ class TestMinioObjectStore(ObjectStoreContract):
         return MinioObjectStore(**s3_options(s3))
 
     @pytest.fixture
+    def fetch_url(self):
+        return _fetch
+
+    @pytest.fixture
     def unreachable_object_store(self):
         # Port 1 on loopback: nothing listens, the connection is refused at once.
         return MinioObjectStore(endpoint="http://127.0.0.1:1", access_key="k", secret_key="s",
@@ -80,6 +86,35 @@ class TestMinioObjectStore(ObjectStoreContract):
     @pytest.mark.gen_test
     async def test_list_page_orders_a_folder_after_longer_names(self, object_store, put_object):
         await ObjectStoreContract.test_list_page_orders_a_folder_after_longer_names(self, object_store, put_object)
+
+
+def _fetch(url):
+    """GET ``url`` as a browser would: (status, headers, body)."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+class TestMinioObjectStoreOnAPublicEndpoint(TestMinioObjectStore):
+    """Download URLs signed for the public endpoint (here "localhost" where the server reaches
+    storage at 127.0.0.1): fetched there, they are accepted."""
+
+    @pytest.fixture
+    def object_store(self, s3):
+        public = s3.endpoint.replace("127.0.0.1", "localhost")
+        assert public != s3.endpoint
+        store = MinioObjectStore(**s3_options(s3), public_endpoint=public)
+        assert store.public_endpoint == public
+        return store
+
+    @pytest.fixture
+    def fetch_url(self, s3):
+        def fetch(url):
+            assert url.startswith(s3.endpoint.replace("127.0.0.1", "localhost"))
+            return _fetch(url)
+        return fetch
 
 
 class TestInMemoryObjectStore(ObjectStoreContract):

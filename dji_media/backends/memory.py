@@ -9,6 +9,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import math
+import urllib.parse
 import uuid
 from typing import Any, Callable, Counter, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -25,6 +26,7 @@ from ..values import (
     MissionSummary,
     ObjectInfo,
     RecordCursor,
+    content_disposition,
     utc_now,
 )
 
@@ -302,8 +304,11 @@ class InMemoryObjectStore(ObjectStore):
     HEADs". ``unavailable`` makes every call fail as an outage would.
     """
 
-    def __init__(self, keys: Iterable[str] = ()) -> None:
+    def __init__(self, keys: Iterable[str] = (), *, endpoint: str = "http://storage.invalid",
+                 bucket: str = "media") -> None:
         self.keys: Set[str] = set(keys)
+        # What presign_get's URLs name (the public endpoint a browser would reach).
+        self.endpoint, self.bucket = endpoint.rstrip("/"), bucket
         # ETag and size by key; a key of ``keys`` missing here holds the default data.
         self._described: Dict[str, Tuple[str, int]] = {}
         self.unavailable = False
@@ -348,6 +353,19 @@ class InMemoryObjectStore(ObjectStore):
                            key=lambda k: k.encode("utf-8"))
         page = tuple(self._info(k) for k in following[:limit])
         return ListingPage(page, page[-1].key if len(following) > limit else None)
+
+    async def presign_get(self, object_key: str, expires_seconds: int, filename: Optional[str] = None,
+                          inline: bool = False) -> str:
+        """A URL of the form S3's presigned URLs have (not fetchable: the bucket is in memory)."""
+        self._call("presign")
+        query = {"X-Amz-Expires": str(expires_seconds)}
+        if not inline:
+            query["response-content-disposition"] = content_disposition(filename)
+        return f"{self.endpoint}/{self.bucket}/{urllib.parse.quote(object_key)}?{urllib.parse.urlencode(query)}"
+
+    async def delete(self, object_key: str) -> None:
+        self._call("delete")
+        self.remove(object_key)
 
     async def ping(self) -> None:
         if self.unavailable:

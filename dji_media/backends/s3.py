@@ -26,7 +26,7 @@ from minio.error import S3Error
 
 from ..errors import StorageUnavailable
 from ..interfaces import MIN_CREDENTIAL_SECONDS, CredentialProvider, ObjectStore
-from ..values import ListingPage, ObjectInfo, StorageGrant, UploadCredentials, utc_now
+from ..values import ListingPage, ObjectInfo, StorageGrant, UploadCredentials, content_disposition, utc_now
 from ._blocking import BlockingRunner
 from .credentials import CachingCredentialProvider, Clock, iam_upload_policy
 from .storage_paths import check_prefix_template, check_provider, render_prefix, split_endpoint
@@ -153,6 +153,7 @@ class MinioObjectStore(ObjectStore):
         max_workers: int = 16,
         client: Optional[Minio] = None,
         executor: Any = None,
+        public_endpoint: Optional[str] = None,
     ) -> None:
         netloc, secure = split_endpoint(endpoint)
         if not bucket:
@@ -166,6 +167,15 @@ class MinioObjectStore(ObjectStore):
             netloc, access_key=access_key, secret_key=secret_key, secure=secure, region=region,
             http_client=http_client(timeout=timeout, retries=retries),
         )
+        # Download URLs are signed for the host the browser will ask: SigV4 signs the Host
+        # header, so a URL signed for the internal endpoint and rewritten later would be refused.
+        # Presigning sends no request (the region is given), so this client never connects.
+        public_netloc, public_secure = split_endpoint(public_endpoint or endpoint, key="public_endpoint")
+        self.public_endpoint = (public_endpoint or endpoint).rstrip("/")
+        self._public_client = Minio(
+            public_netloc, access_key=access_key, secret_key=secret_key, secure=public_secure,
+            region=region, http_client=http_client(timeout=timeout, retries=retries),
+        ) if public_endpoint or client is None else client
         self._runner = BlockingRunner(executor=executor, max_workers=max_workers, name="dji-s3")
         self.requests: Counter[str] = collections.Counter()
         # Requests are sent from the worker threads: without the lock two counts could become one.
@@ -241,6 +251,31 @@ class MinioObjectStore(ObjectStore):
         if limit < 1:
             raise ValueError("limit must be >= 1")
         return await self._runner.run(self._guarded, self._list_page, prefix, start_after, limit)
+
+    async def presign_get(self, object_key: str, expires_seconds: int, filename: Optional[str] = None,
+                          inline: bool = False) -> str:
+        """A presigned GET on the public endpoint (``public_endpoint``, else ``endpoint``),
+        with ``response-content-disposition`` unless ``inline``. Computed here, no request."""
+        if not 1 <= expires_seconds <= 7 * 24 * 3600:  # SigV4's limit
+            raise ValueError("expires_seconds must be between 1 and 604800")
+        headers: Optional[Dict[str, Any]] = None
+        if not inline:
+            headers = {"response-content-disposition": content_disposition(filename)}
+        with storage_errors():
+            return self._public_client.presigned_get_object(
+                self.bucket, object_key, expires=_dt.timedelta(seconds=expires_seconds), response_headers=headers)
+
+    def _delete(self, object_key: str) -> None:
+        try:
+            self._request("DeleteObject", self._client.remove_object, self.bucket, object_key)
+        except S3Error as exc:
+            # S3 answers 204 for a key that is not there; a server that answers 404 means the same.
+            if not _is_absent(exc):
+                raise
+
+    async def delete(self, object_key: str) -> None:
+        """DeleteObject: an object already gone is no error; anything else StorageUnavailable."""
+        await self._runner.run(self._guarded, self._delete, object_key)
 
     async def ping(self) -> None:
         await self._runner.run(self._guarded, self._check_bucket)

@@ -869,7 +869,16 @@ class ObjectStoreContract:
     overwrites the object) and ``remove_object(key)``, callables that change the bucket behind
     the store's back; ``unreachable_object_store``, a store of the same kind whose storage
     cannot be reached. The ``list_page`` tests skip for a store without it (capability
-    "listing")."""
+    "listing"), the media library's for a store without "presign" or "object_delete".
+
+    Optional: ``fetch_url(url) -> (status, headers, body)``, which GETs a presigned URL as a
+    browser would (None, the default, for a store whose URLs cannot be fetched: then only
+    their form is checked).
+    """
+
+    @pytest.fixture
+    def fetch_url(self):
+        return None
 
     @pytest.mark.gen_test
     async def test_present_and_gone(self, object_store, put_object, remove_object):
@@ -1019,6 +1028,44 @@ class ObjectStoreContract:
                 assert listed.etag == stated.etag  # the sweep compares one with the other
             if listed.size is not None and stated.size is not None:
                 assert listed.size == stated.size
+
+    # ------------------------------------------------------------ the media library
+
+    @pytest.mark.gen_test
+    async def test_presign_get_names_the_file_and_can_be_fetched(self, object_store, put_object, fetch_url):
+        MediaStoreContract._requires(object_store, "presign")
+        key = f"media/ws/presign/{uuid.uuid4().hex}/DJI_0001_W.JPG"
+        put_object(key, b"the bytes")
+        url = await object_store.presign_get(key, 900, filename="DJI 0001 \u00e9.JPG")
+        inline = await object_store.presign_get(key, 900, inline=True)
+        assert "response-content-disposition" in url and "response-content-disposition" not in inline
+        assert key.rsplit("/", 1)[1] in url
+        if fetch_url is None:
+            return
+        status, headers, body = fetch_url(url)
+        assert (status, body) == (200, b"the bytes")
+        disposition = {k.lower(): v for k, v in headers.items()}["content-disposition"]
+        assert disposition.startswith('attachment; filename="DJI 0001 _.JPG"') and "%C3%A9" in disposition
+        status, headers, body = fetch_url(inline)
+        assert (status, body) == (200, b"the bytes")
+        assert "content-disposition" not in {k.lower() for k in headers}
+
+    @pytest.mark.gen_test
+    async def test_delete_is_idempotent(self, object_store, put_object):
+        MediaStoreContract._requires(object_store, "object_delete")
+        key = f"media/ws/delete/{uuid.uuid4().hex}.jpg"
+        put_object(key)
+        assert await object_store.exists(key)
+        await object_store.delete(key)
+        assert not await object_store.exists(key)
+        await object_store.delete(key)  # already gone: no error
+        assert not await object_store.exists(key)
+
+    @pytest.mark.gen_test
+    async def test_delete_unreachable_is_an_error(self, unreachable_object_store):
+        MediaStoreContract._requires(unreachable_object_store, "object_delete")
+        with pytest.raises(StorageUnavailable):
+            await unreachable_object_store.delete("media/ws/x.jpg")
 
 
 # Object names of the listing tests: S3's byte order of UTF-8 is not the order of lower-cased
