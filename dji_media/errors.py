@@ -5,6 +5,7 @@
     │   └── PayloadTooLarge     the body is over the configured limit (HTTP 413)
     ├── Unauthenticated         missing, invalid or expired token (HTTP 401: logs the pilot out)
     ├── Forbidden               valid token, but not for this workspace or this action (HTTP 403)
+    ├── NotFound                no such file in this workspace (HTTP 404; another workspace's id too)
     ├── Unavailable             a dependency could not answer; retry later (HTTP 503)
     │   ├── StorageUnavailable  object storage or STS could not be asked
     │   ├── DatabaseUnavailable the metadata database could not be read or written
@@ -144,3 +145,8 @@ class UnknownDock(Forbidden):
     """The dock is not in the caller's workspace (not bound, or bound to another one). A
     ``Forbidden``: nobody commands another workspace's dock; HTTP answers 404, which does not
     tell whether the dock exists elsewhere."""
+
+
+class NotFound(DjiMediaError):
+    """The media library has no such file in the workspace: never stored, deleted, gone from
+    storage, or another workspace's (which is not told apart: HTTP 404 either way)."""

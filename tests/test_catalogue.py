@@ -1,6 +1,7 @@
 """The media library: the store's indexes (version 6) are what its pages read, per engine."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import uuid
 
@@ -67,3 +68,125 @@ async def test_first_and_deep_pages_read_the_library_index(engine, fresh_tables)
         assert [r.created_at for r in page] == [deep.created_at - _dt.timedelta(seconds=s) for s in (2, 5, 8)]
     finally:
         await store.close()
+
+
+# ------------------------------------------------------------------ the use cases (in memory)
+
+from dji_media import InMemoryMediaStore, InMemoryObjectStore  # noqa: E402
+from dji_media.access import DELETE, READ, UPLOAD  # noqa: E402
+from dji_media.catalogue import Catalogue, mission_state  # noqa: E402
+from dji_media.errors import BadRequest, Forbidden, NotFound, StorageUnavailable  # noqa: E402
+from dji_media.values import GroupReport, Identity, MissionSummary  # noqa: E402
+
+READER = Identity("reader", ["ws"], [READ])
+ADMIN = Identity("admin", ["ws"], [READ, DELETE])
+UPLOADER = Identity("pilot", ["ws"], [UPLOAD])
+
+
+async def _filled(count=7):
+    media, objects = InMemoryMediaStore(), InMemoryObjectStore()
+    base = _dt.datetime(2024, 1, 1, tzinfo=UTC)
+    records = []
+    for i in range(count):
+        at = base + _dt.timedelta(minutes=i // 2)  # pairs share a time: the id breaks the tie
+        file = sample_file(f"FP{i:04d}", object_key=f"media/ws/{i}.jpg", name=f"DJI_{i:04d}.JPG",
+                           shoot_lat=None if i == 0 else 22.5)
+        records.append(MediaRecord("ws", file, 1, at, at, public_id=str(uuid.uuid4())))
+        objects.put(f"media/ws/{i}.jpg")
+    await media.insert_missing(records)
+    return media, objects, records
+
+
+@pytest.mark.gen_test
+async def test_find_pages_without_gaps_or_duplicates_and_checks_cursors():
+    media, objects, records = await _filled()
+    catalogue = Catalogue(media, objects)
+    for newest in (True, False):
+        query = FileQuery("ws", newest_first=newest)
+        seen, cursor = [], None
+        while True:
+            page = await catalogue.find(READER, query, limit=2, cursor=cursor, count=True)
+            assert page.total == len(records)
+            seen += [r.public_id for r in page.files]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert sorted(seen) == sorted(r.public_id for r in records) and len(set(seen)) == len(seen)
+        with pytest.raises(BadRequest):
+            await catalogue.find(READER, FileQuery("ws", newest_first=not newest), limit=2,
+                                 cursor=(await catalogue.find(READER, query, limit=2)).next_cursor)
+    for bad in ("nonsense", "e30", "!!"):
+        with pytest.raises(BadRequest):
+            await catalogue.find(READER, FileQuery("ws"), cursor=bad)
+    for limit in (0, 201):
+        with pytest.raises(BadRequest):
+            await catalogue.find(READER, FileQuery("ws"), limit=limit)
+
+
+@pytest.mark.gen_test
+async def test_scopes_and_workspaces():
+    media, objects, records = await _filled(2)
+    catalogue = Catalogue(media, objects)
+    with pytest.raises(Forbidden):
+        await catalogue.find(UPLOADER, FileQuery("ws"))
+    with pytest.raises(Forbidden):
+        await catalogue.delete(READER, "ws", records[0].public_id)
+    with pytest.raises(Forbidden):
+        await catalogue.get(Identity("other", ["ws-b"], [READ]), "ws", records[0].public_id)
+    with pytest.raises(NotFound):  # another workspace's id is not found, not forbidden
+        await catalogue.get(Identity("other", ["ws-b"], [READ]), "ws-b", records[0].public_id)
+    assert (await catalogue.get(READER, "ws", records[0].public_id)) == records[0]
+
+
+@pytest.mark.gen_test
+async def test_download_checks_an_unconfirmed_record_and_delete_goes_object_first():
+    media, objects, records = await _filled(3)
+    catalogue = Catalogue(media, objects, download_seconds=600)
+    got = await catalogue.download(READER, "ws", records[1].public_id)
+    assert got.expires_in == 600 and "DJI_0001.JPG" in got.url and objects.calls_by_kind["stat"] == 1
+    objects.remove(records[2].file.object_key)
+    with pytest.raises(NotFound):
+        await catalogue.download(READER, "ws", records[2].public_id)
+    # Storage down: nothing changes.
+    objects.unavailable = True
+    with pytest.raises(StorageUnavailable):
+        await catalogue.delete(ADMIN, "ws", records[1].public_id)
+    objects.unavailable = False
+    assert await media.get_by_public_id("ws", records[1].public_id) is not None
+    assert await catalogue.delete(ADMIN, "ws", records[1].public_id) is True
+    assert records[1].file.object_key not in objects.keys
+    with pytest.raises(NotFound):
+        await catalogue.get(READER, "ws", records[1].public_id)
+    assert await catalogue.delete(ADMIN, "ws", records[1].public_id) is False
+
+
+@pytest.mark.gen_test
+async def test_missions_and_their_states():
+    media, objects, records = await _filled(4)
+    now = records[-1].created_at + _dt.timedelta(minutes=5)
+    catalogue = Catalogue(media, objects, clock=lambda: now)
+    mission = records[0].file.file_group_id
+    page = await catalogue.missions(READER, "ws")
+    assert [(m.file_group_id, state) for m, state in page.missions] == [(mission, "in_progress")]
+    await media.save_group("ws", GroupReport(mission, 5, 5))
+    assert (await catalogue.missions(READER, "ws")).missions[0][1] == "partial"
+    await media.save_group("ws", GroupReport(mission, 4, 4))
+    assert (await catalogue.missions(READER, "ws")).missions[0][1] == "complete"
+    late = Catalogue(media, objects, clock=lambda: now + _dt.timedelta(days=1))
+    quiet = MissionSummary("ws", "m", 0, 0, None, 2, now, now, now)
+    assert mission_state(quiet, now, 60) == "in_progress"
+    assert mission_state(quiet, now + _dt.timedelta(days=1), 60) == "unknown"
+    assert mission_state(dataclasses.replace(quiet, expected_file_count=2), now, 60) == "complete"
+    assert (await late.missions(READER, "ws")).missions[0][1] == "complete"
+
+
+@pytest.mark.gen_test
+async def test_exports():
+    media, objects, records = await _filled(3)
+    catalogue = Catalogue(media, objects)
+    text = await catalogue.export_csv(READER, FileQuery("ws"))
+    lines = text.splitlines()
+    assert lines[0].startswith("id,name,path,object_key") and len(lines) == 4
+    geo = await catalogue.export_geojson(READER, FileQuery("ws"))
+    assert geo["type"] == "FeatureCollection" and len(geo["features"]) == 2  # one has no position
+    assert geo["features"][0]["geometry"] == {"type": "Point", "coordinates": [113.943194, 22.5]}

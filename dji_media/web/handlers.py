@@ -13,6 +13,7 @@ from ..errors import (
     BadRequest,
     DjiMediaError,
     Forbidden,
+    NotFound,
     PayloadTooLarge,
     Unauthenticated,
     Unavailable,
@@ -33,6 +34,7 @@ ERROR_STATUS = (
     (BadRequest, 400),
     (Unauthenticated, 401),
     (Forbidden, 403),
+    (NotFound, 404),
     (Unavailable, 503),
 )
 
