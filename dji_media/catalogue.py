@@ -235,6 +235,28 @@ class Catalogue:
         now = self.clock()
         return MissionPage(tuple((m, mission_state(m, now, self.in_progress_seconds)) for m in page), following)
 
+    async def numbered_page(self, identity: Identity, workspace_id: str, page: int,
+                            page_size: int) -> Tuple[List[MediaRecord], int]:
+        """Page ``page`` (from 1) of ``page_size`` files, newest first, and the total: DJI's
+        web front-end pages by number. The store pages by key, so the pages before are walked
+        (at most ``EXPORT_LIMIT`` files deep, which bounds the work: deeper is a BadRequest)."""
+        authorize(identity, workspace_id, READ)
+        if not 1 <= page_size <= MAX_LIMIT:
+            raise BadRequest(f"page_size must be between 1 and {MAX_LIMIT}", field="page_size")
+        if page < 1 or page * page_size > EXPORT_LIMIT:
+            raise BadRequest(f"page must be between 1 and {EXPORT_LIMIT // page_size}", field="page")
+        query = FileQuery(workspace_id)
+        skip = (page - 1) * page_size
+        after = None
+        while skip > 0:
+            walked = await self.media_store.find_records(query, min(skip, _EXPORT_PAGE), after)
+            if not walked:
+                break
+            skip -= len(walked)
+            after = (walked[-1].created_at, walked[-1].public_id or "")
+        found = [] if skip > 0 else await self.media_store.find_records(query, page_size, after)
+        return found, await self.media_store.count_records(query)
+
     async def export_records(self, identity: Identity, query: FileQuery) -> AsyncIterator[MediaRecord]:
         """Every matching record, page by page, at most ``EXPORT_LIMIT``."""
         authorize(identity, query.workspace_id, READ)
