@@ -190,3 +190,22 @@ async def test_exports():
     geo = await catalogue.export_geojson(READER, FileQuery("ws"))
     assert geo["type"] == "FeatureCollection" and len(geo["features"]) == 2  # one has no position
     assert geo["features"][0]["geometry"] == {"type": "Point", "coordinates": [113.943194, 22.5]}
+
+
+@pytest.mark.gen_test
+async def test_numbered_pages_walk_the_keys():
+    media, objects, records = await _filled(9)
+    catalogue = Catalogue(media, objects)
+    newest = sorted(records, key=lambda r: (r.created_at, r.public_id), reverse=True)
+    for page_size in (1, 2, 4):
+        seen = []
+        for page in range(1, 12):
+            found, total = await catalogue.numbered_page(READER, "ws", page, page_size)
+            assert total == 9
+            seen += found
+        assert seen == newest
+    for page, size in ((0, 10), (1, 0), (1, 201), (100_001, 1)):
+        with pytest.raises(BadRequest):
+            await catalogue.numbered_page(READER, "ws", page, size)
+    with pytest.raises(Forbidden):
+        await catalogue.numbered_page(UPLOADER, "ws", 1, 10)
