@@ -3,7 +3,9 @@
 "use strict";
 
 (function () {
-  const PAGE_SIZE = 24;
+  // Files per "load more"; ?page_size=N in the page's address (1..200, the API's limit) changes it.
+  const asked = Number(new URLSearchParams(window.location.search).get("page_size"));
+  const PAGE_SIZE = Number.isInteger(asked) && asked >= 1 && asked <= 200 ? asked : 24;
   // The token lives in this tab only: sessionStorage is not shared with other tabs and is gone
   // when the tab closes, unlike localStorage or a cookie.
   const store = window.sessionStorage;
