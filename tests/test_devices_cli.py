@@ -3,6 +3,7 @@ configuration: on a real SQLite file always, on PostgreSQL and MariaDB/MySQL whe
 DJI_MEDIA_TEST_POSTGRES_URL / DJI_MEDIA_TEST_MYSQL_URL are set."""
 from __future__ import annotations
 
+import concurrent.futures
 import re
 
 import pytest
@@ -42,8 +43,12 @@ def config_file(tmp_path, real_database):
 
 
 def run(capsys, *args):
-    """``dji-media <args>`` in this process: (status, stdout lines, stderr lines)."""
-    status = main(list(args))
+    """``dji-media <args>`` in this process: (status, stdout lines, stderr lines). On a thread
+    of its own: the command's asyncio.run would reset the main thread's current event loop, and
+    a loop left there by another fixture would then be collected unclosed, failing whichever
+    later test the garbage collector runs in."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        status = pool.submit(main, list(args)).result()
     out, err = capsys.readouterr()
     return status, out.splitlines(), err.splitlines()
 
