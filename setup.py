@@ -71,7 +71,8 @@ setup(
         # and the MQTT transport against a real broker.
         "test": TEST_REQUIRES + POSTGRES_REQUIRES + MYSQL_REQUIRES + MQTT_REQUIRES + [TQDM, PILLOW],
         # aiomqtt too: mypy checks dji_media.mqtt against its annotations.
-        "lint": ["ruff>=0.5", "mypy>=1.10", "types-PyYAML"] + MQTT_REQUIRES,
+        # pytest: dji_media.testing (the contract suite) imports it, and mypy checks that module.
+        "lint": ["pytest>=7", "ruff>=0.5", "mypy>=1.10", "types-PyYAML"] + MQTT_REQUIRES,
     },
     entry_points={"console_scripts": ["dji-media=dji_media.cli:main"]},
     classifiers=[
