@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 import tornado.web
+from test_openapi import Spec, load_spec
 
 from dji_media import InMemoryMediaStore, InMemoryObjectStore, MediaService, PeeweeMediaStore, StaticTokenAuthenticator
 from dji_media.catalogue import Catalogue
@@ -64,8 +65,20 @@ def fetch(http_client, base_url):
     return fetch
 
 
+SPEC = Spec(load_spec())
+LIBRARY = "/media/api/v1/workspaces/{workspace_id}/library"
+
+
 def body(response):
     return json.loads(response.body)
+
+
+def documented(response, path, method="get"):
+    """The answer fits doc/openapi.yaml's schema for the operation and its status."""
+    answer = body(response)
+    errors = [e.message for e in SPEC.response_validator(path, response.code, method).iter_errors(answer)]
+    assert not errors, (path, response.code, errors)
+    return answer
 
 
 async def fill(media, bucket, count=7, workspace="ws"):
@@ -92,7 +105,7 @@ async def test_find_pages_by_cursor_without_duplicates_or_gaps(fetch, media, buc
             params["cursor"] = cursor
         response = await fetch(FILES, **params)
         assert response.code == 200, response.body
-        data = body(response)["data"]
+        data = documented(response, f"{LIBRARY}/files")["data"]
         assert data["total"] == len(records)
         seen += [f["id"] for f in data["files"]]
         cursor = data["next_cursor"]
@@ -102,7 +115,7 @@ async def test_find_pages_by_cursor_without_duplicates_or_gaps(fetch, media, buc
     assert seen == [r.public_id for r in sorted(records, key=lambda r: (r.created_at, r.public_id),
                                                 reverse=True)]
     bad = await fetch(FILES, cursor="garbage")
-    assert (bad.code, body(bad)["code"]) == (400, 400)
+    assert (bad.code, documented(bad, f"{LIBRARY}/files")["code"]) == (400, 400)
     assert (await fetch(FILES, kind="picture")).code == 400
     assert (await fetch(FILES, uploaded_from="yesterday")).code == 400
     assert (await fetch(FILES, bbox="1,2,3")).code == 400
@@ -119,11 +132,15 @@ async def test_scopes_workspaces_get_and_delete(fetch, media, bucket):
     assert (await fetch(FILES, token=None)).code == 401
     assert (await fetch(FILES, token=OTHER)).code == 403
     got = await fetch(one)
-    assert got.code == 200 and body(got)["data"]["object_key"] == records[0].file.object_key
-    assert (await fetch(f"{FILES}/{theirs[0].public_id}")).code == 404  # another workspace's id
+    assert got.code == 200 and documented(got, f"{LIBRARY}/files/{{file_id}}")["data"]["object_key"] \
+        == records[0].file.object_key
+    theirs_answer = await fetch(f"{FILES}/{theirs[0].public_id}")
+    assert theirs_answer.code == 404  # another workspace's id
+    documented(theirs_answer, f"{LIBRARY}/files/{{file_id}}")
     assert (await fetch(one, method="DELETE", token=READER)).code == 403
     deleted = await fetch(one, method="DELETE", token=ADMIN)
-    assert (deleted.code, body(deleted)["data"]) == (200, {"deleted": True})
+    assert (deleted.code, documented(deleted, f"{LIBRARY}/files/{{file_id}}", "delete")["data"]) \
+        == (200, {"deleted": True})
     assert records[0].file.object_key not in bucket.keys
     assert (await fetch(one)).code == 404
     again = await fetch(one, method="DELETE", token=ADMIN)
@@ -140,7 +157,7 @@ async def test_download_redirect_and_dji_endpoints(fetch, media, bucket):
     records = await fill(media, bucket, 3)
     target = records[1]
     answer = await fetch(f"{FILES}/{target.public_id}/download")
-    data = body(answer)["data"]
+    data = documented(answer, f"{LIBRARY}/files/{{file_id}}/download")["data"]
     assert data["expires_in"] == 900 and data["url"].startswith("https://files.example/media/media/ws/1.jpg")
     assert "attachment" in urllib.parse.unquote(data["url"])
     inline = body(await fetch(f"{FILES}/{target.public_id}/download", inline="true"))["data"]["url"]
@@ -151,7 +168,7 @@ async def test_download_redirect_and_dji_endpoints(fetch, media, bucket):
     assert (await fetch(f"{FILES}/{records[2].public_id}/download")).code == 404  # stale record
 
     listed = await fetch("/media/api/v1/files/ws/files", page=1, page_size=2)
-    data = body(listed)["data"]
+    data = documented(listed, "/media/api/v1/files/{workspace_id}/files")["data"]
     assert data["pagination"] == {"page": 1, "page_size": 2, "total": 3}
     first = data["list"][0]
     assert set(first) == {"file_id", "file_name", "file_path", "object_key", "is_original", "drone", "payload",
@@ -168,7 +185,7 @@ async def test_download_redirect_and_dji_endpoints(fetch, media, bucket):
 async def test_missions_exports_and_cors(fetch, media, bucket):
     records = await fill(media, bucket, 3)
     await media.save_group("ws", GroupReport(records[0].file.file_group_id, 3, 3))
-    missions = body(await fetch("/media/api/v1/workspaces/ws/library/missions"))["data"]
+    missions = documented(await fetch("/media/api/v1/workspaces/ws/library/missions"), f"{LIBRARY}/missions")["data"]
     assert [(m["mission"], m["state"], m["recorded_count"]) for m in missions["missions"]] \
         == [(records[0].file.file_group_id, "complete", 3)]
     csv_answer = await fetch("/media/api/v1/workspaces/ws/library/export.csv")

@@ -15,6 +15,7 @@ import yaml
 from openapi_spec_validator import validate as validate_openapi
 
 from dji_media import BadRequest, DatabaseUnavailable, MediaFile, StorageUnavailable, UploadReport, get_handlers, rules
+from dji_media.catalogue import Catalogue
 from dji_media.web import DEFAULT_MAX_BODY_BYTES, wire
 from support import TOKEN_B
 
@@ -104,8 +105,22 @@ MEDIA_PRIORITY = "/manage/api/v1/workspaces/{workspace_id}/devices/{gateway_sn}/
 DEVICES = "/manage/api/v1/workspaces/{workspace_id}/devices"
 DEVICE = "/manage/api/v1/workspaces/{workspace_id}/devices/{gateway_sn}"
 PILOT_PATHS = [FAST, TINY, CALLBACK, GROUP, STS]
+LIBRARY = f"{WS_PATH}/library"
+# The media library's operations (mounted with a Catalogue only): (path, method) -> statuses.
+LIBRARY_OPERATIONS = {
+    (f"{LIBRARY}/files", "get"): {200, 400, 401, 403, 503},
+    (f"{LIBRARY}/files/{{file_id}}", "get"): {200, 400, 401, 403, 404, 503},
+    (f"{LIBRARY}/files/{{file_id}}", "delete"): {200, 400, 401, 403, 503},
+    (f"{LIBRARY}/files/{{file_id}}/download", "get"): {200, 302, 400, 401, 403, 404, 503},
+    (f"{LIBRARY}/missions", "get"): {200, 400, 401, 403, 503},
+    (f"{LIBRARY}/export.csv", "get"): {200, 400, 401, 403, 503},
+    (f"{LIBRARY}/export.geojson", "get"): {200, 400, 401, 403, 503},
+    ("/media/api/v1/files/{workspace_id}/files", "get"): {200, 400, 401, 403, 503},
+    ("/media/api/v1/files/{workspace_id}/file/{file_id}/url", "get"): {302, 400, 401, 403, 404, 503},
+}
+LIBRARY_PATHS = sorted({path for path, _ in LIBRARY_OPERATIONS})
 # The command is mounted with a DockCommands only, the bindings with a device_admin only.
-ALL_PATHS = PILOT_PATHS + [MEDIA_PRIORITY, DEVICES, DEVICE]
+ALL_PATHS = PILOT_PATHS + [MEDIA_PRIORITY, DEVICES, DEVICE] + LIBRARY_PATHS
 # The binding operations: (path, method) -> the statuses each documents.
 BINDING_OPERATIONS = {
     (DEVICES, "get"): {200, 400, 401, 403, 503},
@@ -115,7 +130,8 @@ BINDING_OPERATIONS = {
 
 
 def concrete(path: str, workspace_id: str = "ws-a") -> str:
-    return path.replace("{workspace_id}", workspace_id).replace("{gateway_sn}", "DOCK1").replace("{flight_id}", "f-1")
+    return (path.replace("{workspace_id}", workspace_id).replace("{gateway_sn}", "DOCK1").replace("{flight_id}", "f-1")
+            .replace("{file_id}", "0b5c7e36-8a5e-4c2e-9d0e-2f6a3b1c4d5e"))
 
 
 # ------------------------------------------------------------------------- the document
@@ -125,15 +141,16 @@ def test_the_document_is_valid_openapi():
 
 
 def test_every_operation_is_a_post_with_the_token_scheme_and_the_envelope(spec):
-    """Every operation needs the token and answers the envelope; all are POSTs but the
-    bindings' GET, PUT and DELETE."""
+    """Every operation needs the token and answers the envelope (but the library's redirects
+    and exports); all are POSTs but the bindings' GET, PUT and DELETE and the library's."""
     doc = spec.doc
     scheme = doc["components"]["securitySchemes"]["XAuthToken"]
     assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "header", "X-Auth-Token")
     assert doc["security"] == [{"XAuthToken": []}]
     for path, item in doc["paths"].items():
         methods = {key for key in item if key in HTTP_METHODS}
-        assert methods == ({m for p, m in BINDING_OPERATIONS if p == path} or {"post"}), path
+        assert methods == ({m for p, m in BINDING_OPERATIONS if p == path}
+                           or {m for p, m in LIBRARY_OPERATIONS if p == path} or {"post"}), path
         for method in methods:
             operation = item[method]
             assert "security" not in operation, f"{path} overrides the token requirement"
@@ -143,6 +160,8 @@ def test_every_operation_is_a_post_with_the_token_scheme_and_the_envelope(spec):
             # refused) and 504 (the dock did not answer), and reads no body (no 413).
             if (path, method) in BINDING_OPERATIONS:
                 expected = BINDING_OPERATIONS[path, method]
+            elif (path, method) in LIBRARY_OPERATIONS:
+                expected = LIBRARY_OPERATIONS[path, method]
             elif path == MEDIA_PRIORITY:
                 expected = {200, 400, 401, 403, 404, 409, 503, 504}
             else:
@@ -152,7 +171,13 @@ def test_every_operation_is_a_post_with_the_token_scheme_and_the_envelope(spec):
                 response = operation["responses"][str(status)]
                 if "$ref" in response:
                     response, _ = spec.resolve(response)
-                assert set(response["content"]) == {"application/json"}, (path, method, status)
+                if status == 302:  # a redirect: no body, a Location
+                    assert "Location" in response["headers"] and "content" not in response, (path, status)
+                    continue
+                # The exports are the only answers that are not the envelope.
+                kind = {"export.csv": "text/csv", "export.geojson": "application/geo+json"}.get(
+                    path.rsplit("/", 1)[1] if status == 200 else "", "application/json")
+                assert set(response["content"]) == {kind}, (path, method, status)
 
 
 def test_spec_paths_and_served_routes_agree(service):
@@ -173,7 +198,7 @@ def test_spec_paths_and_served_routes_agree(service):
     assert len(get_handlers(service)) == len(PILOT_PATHS)  # without a way to reach docks
     for prefix in ("", "/dji"):
         routes = get_handlers(service, prefix=prefix, dock_commands=NoDock(), directory=InMemoryDeviceDirectory(),
-                              device_admin=Bindings())
+                              device_admin=Bindings(), catalogue=Catalogue(service.media_store, service.object_store))
         assert len(routes) == len(spec_paths)
         matched = {path: [] for path in spec_paths}
         for pattern, _handler, _kwargs in routes:
@@ -191,7 +216,9 @@ def test_spec_paths_and_served_routes_agree(service):
             matched[hits[0]].append(pattern)
             # The methods served are the methods documented.
             documented = {key for key in load_spec()["paths"][hits[0]] if key in HTTP_METHODS}
-            assert {m.lower() for m in _handler.SUPPORTED_METHODS} == documented, (pattern, documented)
+            # OPTIONS answers CORS preflights (no token, no envelope): not an operation.
+            served = {m.lower() for m in _handler.SUPPORTED_METHODS} - {"options"}
+            assert served == documented, (pattern, documented)
         assert all(len(patterns) == 1 for patterns in matched.values()), matched
 
 

@@ -1,8 +1,9 @@
 """Tornado transport: handlers for the five Pilot 2 endpoints and one function to mount them."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..catalogue import Catalogue
 from ..devices import DeviceDirectory
 from ..dock_priority import DockCommands, DockPriority
 from ..service import MediaService
@@ -16,6 +17,7 @@ from .handlers import (
     UploadCallbackHandler,
 )
 from .health import get_health_handlers
+from .library import get_library_handlers
 from .lifecycle import InFlight
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -26,6 +28,7 @@ def get_handlers(
     service: MediaService, *, prefix: str = "", max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     in_flight: Optional[InFlight] = None, dock_commands: Optional[DockCommands] = None,
     directory: Optional[DeviceDirectory] = None, device_admin: Optional[Any] = None,
+    catalogue: Optional[Catalogue] = None, cors_origins: Sequence[str] = (),
 ) -> List[Tuple[str, type, Dict[str, Any]]]:
     """The routes of the media protocol, ready for ``tornado.web.Application(handlers)``.
 
@@ -41,6 +44,10 @@ def get_handlers(
         ``GET /manage/api/v1/workspaces/{ws}/devices`` and ``PUT``/``DELETE .../devices/{sn}``
         are mounted (the ``devices`` scope). Give the same object as ``directory`` and the MQTT
         transport, so that a change through HTTP reaches the docks' lookups at once.
+    :param catalogue: the media library's use cases (``dji_media.catalogue.Catalogue``); with it
+        the library's routes are mounted (doc/library.md): ``.../workspaces/{ws}/library/...``
+        and DJI's web front-end's ``/media/api/v1/files/{ws}/...``.
+    :param cors_origins: the origins a browser may call the library from (none: CORS off).
     """
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be >= 1")
@@ -55,6 +62,9 @@ def get_handlers(
                                       in_flight=in_flight)
     if device_admin is not None:
         devices += get_device_admin_handlers(service, device_admin, prefix=prefix, in_flight=in_flight)
+    if catalogue is not None:
+        devices += get_library_handlers(service, catalogue, prefix=prefix, cors_origins=cors_origins,
+                                        in_flight=in_flight)
     return devices + [
         (f"{media}/fast-upload", FastUploadHandler, kwargs),
         (f"{media}/files/tiny-fingerprints", TinyFingerprintsHandler, kwargs),
