@@ -13,6 +13,7 @@ from .backends.credentials import CachingCredentialProvider
 from .backends.memory import InMemoryMediaStore, InMemoryObjectStore
 from .backends.peewee_store import PeeweeMediaStore
 from .backends.s3 import MinioObjectStore, StaticCredentialProvider, StsCredentialProvider
+from .catalogue import Catalogue
 from .errors import (
     BadRequest,
     ConfigError,
@@ -20,6 +21,7 @@ from .errors import (
     DjiMediaError,
     Forbidden,
     MissingCapability,
+    NotFound,
     PayloadTooLarge,
     SchemaMismatch,
     StorageUnavailable,
@@ -51,7 +53,7 @@ __all__ = [
     "FastUploadQuery", "FileGroup", "GroupReport", "Identity", "MediaFile", "MediaRecord",
     "StorageGrant", "UploadCredentials", "UploadReport", "CallbackOutcome", "SchemaMigration",
     # the service and its HTTP routes
-    "MediaService", "USE_CASE_SCOPES", "get_handlers", "get_health_handlers", "NotFoundHandler",
+    "MediaService", "USE_CASE_SCOPES", "Catalogue", "get_handlers", "get_health_handlers", "NotFoundHandler",
     # backends
     "InMemoryMediaStore", "InMemoryObjectStore", "PeeweeMediaStore", "MinioObjectStore",
     "StsCredentialProvider", "StaticCredentialProvider", "CachingCredentialProvider",
@@ -60,7 +62,7 @@ __all__ = [
     # errors
     "DjiMediaError", "BadRequest", "PayloadTooLarge", "Unauthenticated", "Forbidden",
     "Unavailable", "StorageUnavailable", "DatabaseUnavailable", "SchemaMismatch", "ConfigError",
-    "MissingCapability",
+    "MissingCapability", "NotFound",
     # authorisation: scope names and the one check
     "ALL_SCOPES", "UPLOAD", "READ", "DELETE", "DEVICES", "authorize",
     "__version__",

@@ -67,6 +67,9 @@ class ServerSettings:
     # Behind a reverse proxy: take the client address and scheme from X-Forwarded-For /
     # X-Real-Ip / X-Forwarded-Proto. Only when every request comes through that proxy.
     trust_forwarded_headers: bool = False
+    # Origins a browser may call the media library's API from (a web front-end served
+    # elsewhere, e.g. DJI's); none: CORS off (doc/library.md).
+    cors_origins: Tuple[str, ...] = ()
     # Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     shutdown_grace_seconds: float = 10.0
     # Processes serving the one port (dji_media/workers.py); `dji-media serve --workers` wins.
@@ -347,7 +350,11 @@ def parse_config(raw: Any, environ: Optional[Mapping[str, str]] = None) -> Confi
             raise ConfigError(str(name), f"unknown key (known: {', '.join(_TOP)})")
     raw = _expand(raw, "", os.environ if environ is None else environ)
 
-    server = ServerSettings(**_section(raw, "server", _fields(ServerSettings)))
+    server_fields = dict(_fields(ServerSettings), cors_origins=typing.List[str])  # a YAML list
+    server_values = _section(raw, "server", server_fields)
+    if "cors_origins" in server_values:
+        server_values["cors_origins"] = tuple(server_values["cors_origins"])
+    server = ServerSettings(**server_values)
     if not 0 <= server.port <= 65535:
         raise ConfigError("server.port", "must be between 0 and 65535")
     if server.max_body_bytes < 1024:

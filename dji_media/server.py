@@ -18,7 +18,7 @@ from .errors import DjiMediaError, StartupError
 from .service import MediaService
 from .web import InFlight, NotFoundHandler, get_handlers, get_health_handlers
 from .web.page import get_page_handlers
-from .wiring import demo_banner, tls_context
+from .wiring import build_catalogue, demo_banner, tls_context
 
 __all__ = ["make_application", "server_options", "startup_checks", "bind", "listen", "listening_line",
            "demo_banner", "tls_context", "StartupError"]
@@ -27,10 +27,13 @@ __all__ = ["make_application", "server_options", "startup_checks", "bind", "list
 def make_application(service: MediaService, config: Config,
                      in_flight: Optional[InFlight] = None, *, sweep: bool = False) -> tornado.web.Application:
     """The media routes in an Application whose unknown paths answer with the envelope.
-    ``sweep``: ``/readyz`` also reports the storage sweep's last pass."""
+    ``sweep``: ``/readyz`` also reports the storage sweep's last pass. The media library's API
+    (and its page) is mounted when the backends can serve it (dji_media.capabilities,
+    "catalogue"); CORS for ``server.cors_origins``."""
     return tornado.web.Application(
         get_handlers(service, prefix=config.server.prefix,
-                     max_body_bytes=config.server.max_body_bytes, in_flight=in_flight)
+                     max_body_bytes=config.server.max_body_bytes, in_flight=in_flight,
+                     catalogue=build_catalogue(service), cors_origins=config.server.cors_origins)
         + get_health_handlers(service, sweep=sweep)  # at the root, where probes look for them
         + get_page_handlers(config.server.prefix),  # the library's page, beside its API
         default_handler_class=NotFoundHandler,

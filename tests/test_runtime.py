@@ -322,7 +322,7 @@ def test_example_server_reports_a_bad_config_in_one_line(tmp_path):
     result = run_example(str(bad))
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "examples/server.py: configuration error: server.colour: unknown key (known: demo_banner, host, "
+        "examples/server.py: configuration error: server.colour: unknown key (known: cors_origins, demo_banner, host, "
         "max_body_bytes, port, prefix, shutdown_grace_seconds, tls_cert_file, tls_key_file, "
         "trust_forwarded_headers, workers)"]
     assert result.stdout == ""
