@@ -20,7 +20,7 @@ from dji_media.runtime import HttpTransport, Runtime
 from dji_media.sweep import SWEEP_TASK
 from dji_media.web import InFlight
 from dji_media.web.page import get_page_handlers
-from dji_media.wiring import build_service, build_sweep, demo_banner, embedded_s3, tls_context
+from dji_media.wiring import build_catalogue, build_service, build_sweep, demo_banner, embedded_s3, tls_context
 
 
 class HelloHandler(tornado.web.RequestHandler):
@@ -44,7 +44,9 @@ async def serve(config: Config) -> int:
     app = tornado.web.Application(
         [(r"/hello", HelloHandler)]
         + get_handlers(service, prefix=config.server.prefix, max_body_bytes=config.server.max_body_bytes,
-                       in_flight=in_flight)
+                       in_flight=in_flight,
+                       # the media library's API (None when the backends cannot serve it)
+                       catalogue=build_catalogue(service), cors_origins=config.server.cors_origins)
         + get_health_handlers(service, sweep=sweep is not None)  # /readyz reports the last pass
         + get_page_handlers(config.server.prefix),  # the library's page: /media/library/
         default_handler_class=NotFoundHandler,
