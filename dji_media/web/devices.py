@@ -22,7 +22,7 @@ from ..service import MediaService
 from ..values import DeviceBinding
 from . import wire
 from .handlers import EnvelopeMixin, status_for
-from .lifecycle import InFlight
+from .lifecycle import CountedRequest, InFlight
 
 __all__ = ["MediaPriorityHandler", "DeviceListHandler", "DeviceBindingHandler", "get_device_handlers",
            "get_device_admin_handlers"]
@@ -39,7 +39,7 @@ BOUND_ELSEWHERE = 409
 MAX_BINDING_BODY = 4096
 
 
-class MediaPriorityHandler(EnvelopeMixin, tornado.web.RequestHandler):
+class MediaPriorityHandler(CountedRequest, EnvelopeMixin, tornado.web.RequestHandler):
     """200 with ``data.result`` 0 when the dock accepted; 409 with the dock's ``data.result``
     when it refused; 401/403 as the media endpoints (``devices`` scope); 404 for a dock that is
     not in the workspace; 504 when the dock did not answer; 503 when the broker is unreachable."""
@@ -49,20 +49,7 @@ class MediaPriorityHandler(EnvelopeMixin, tornado.web.RequestHandler):
     def initialize(self, service: MediaService, priority: DockPriority, in_flight: Optional[InFlight] = None) -> None:
         self.service = service
         self.priority = priority
-        self._in_flight = in_flight
-        if in_flight is not None:
-            in_flight.enter()
-
-    def on_finish(self) -> None:
-        self._leave()
-
-    def on_connection_close(self) -> None:
-        self._leave()
-
-    def _leave(self) -> None:
-        if self._in_flight is not None:
-            self._in_flight.leave()
-            self._in_flight = None
+        self.count_in(in_flight)
 
     async def post(self, workspace_id: str, gateway_sn: str, flight_id: str) -> None:
         try:
@@ -87,7 +74,7 @@ def render_binding(binding: DeviceBinding) -> Dict[str, Any]:
             "bound_at": binding.bound_at.strftime("%Y-%m-%dT%H:%M:%SZ"), "note": binding.note}
 
 
-class _DeviceAdminHandler(EnvelopeMixin, tornado.web.RequestHandler):
+class _DeviceAdminHandler(CountedRequest, EnvelopeMixin, tornado.web.RequestHandler):
     """Base of the binding endpoints: the ``devices`` scope in the path's workspace (401, 403,
     then 400 for the workspace id, as every endpoint), errors as envelopes.
 
@@ -100,20 +87,7 @@ class _DeviceAdminHandler(EnvelopeMixin, tornado.web.RequestHandler):
         self.service = service
         self.directory = directory
         self.lookup = lookup
-        self._in_flight = in_flight
-        if in_flight is not None:
-            in_flight.enter()
-
-    def on_finish(self) -> None:
-        self._leave()
-
-    def on_connection_close(self) -> None:
-        self._leave()
-
-    def _leave(self) -> None:
-        if self._in_flight is not None:
-            self._in_flight.leave()
-            self._in_flight = None
+        self.count_in(in_flight)
 
     async def _authorized(self, workspace_id: str) -> None:
         await self.service.authenticate(self.request.headers.get("X-Auth-Token"), workspace_id, DEVICES)

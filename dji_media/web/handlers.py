@@ -20,7 +20,7 @@ from ..errors import (
 )
 from ..service import USE_CASE_SCOPES, MediaService
 from . import wire
-from .lifecycle import InFlight
+from .lifecycle import CountedRequest, InFlight
 
 log = logging.getLogger("dji_media.web")
 
@@ -80,7 +80,7 @@ class NotFoundHandler(EnvelopeMixin, tornado.web.RequestHandler):
 
 
 @tornado.web.stream_request_body
-class _MediaHandler(EnvelopeMixin, tornado.web.RequestHandler):
+class _MediaHandler(CountedRequest, EnvelopeMixin, tornado.web.RequestHandler):
     """Base of the five endpoints.
 
     The body is streamed so that the token is checked and the size limit applied before any of
@@ -98,20 +98,7 @@ class _MediaHandler(EnvelopeMixin, tornado.web.RequestHandler):
         self.max_body_bytes = max_body_bytes
         self._body = bytearray()
         self._overflow = False
-        self._in_flight = in_flight
-        if in_flight is not None:
-            in_flight.enter()
-
-    def on_finish(self) -> None:
-        self._leave()
-
-    def on_connection_close(self) -> None:
-        self._leave()
-
-    def _leave(self) -> None:
-        if self._in_flight is not None:
-            self._in_flight.leave()
-            self._in_flight = None  # count each request once
+        self.count_in(in_flight)
 
     async def handle(self, workspace_id: str, body: bytes) -> Dict[str, Any]:
         raise NotImplementedError

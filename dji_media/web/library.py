@@ -22,7 +22,7 @@ from ..service import MediaService
 from ..values import FILE_KINDS, FileQuery, Identity, MediaRecord
 from . import wire
 from .handlers import EnvelopeMixin, status_for
-from .lifecycle import InFlight
+from .lifecycle import CountedRequest, InFlight
 
 __all__ = ["get_library_handlers", "parse_file_query"]
 
@@ -112,7 +112,7 @@ def parse_file_query(handler: tornado.web.RequestHandler, workspace_id: str) -> 
         bbox=bbox, newest_first=order == "newest")
 
 
-class _LibraryHandler(EnvelopeMixin, tornado.web.RequestHandler):
+class _LibraryHandler(CountedRequest, EnvelopeMixin, tornado.web.RequestHandler):
     """Base: the token from X-Auth-Token, the scope (``read`` for GET, ``delete`` for DELETE)
     checked by the service before anything else, errors through the one error table."""
 
@@ -124,20 +124,7 @@ class _LibraryHandler(EnvelopeMixin, tornado.web.RequestHandler):
         self.catalogue = catalogue
         self.cors_origins = frozenset(cors_origins)
         self._allow_origin()
-        self._in_flight = in_flight
-        if in_flight is not None:
-            in_flight.enter()
-
-    def on_finish(self) -> None:
-        self._leave()
-
-    def on_connection_close(self) -> None:
-        self._leave()
-
-    def _leave(self) -> None:
-        if self._in_flight is not None:
-            self._in_flight.leave()
-            self._in_flight = None
+        self.count_in(in_flight)
 
     def set_default_headers(self) -> None:
         super().set_default_headers()

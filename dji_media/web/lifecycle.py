@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Optional
 
 
 class InFlight:
@@ -29,3 +30,27 @@ class InFlight:
             return True
         except asyncio.TimeoutError:
             return False
+
+
+class CountedRequest:
+    """For a ``RequestHandler``: counts the request in an ``InFlight`` from ``initialize`` until
+    it finishes or its connection closes, once, so that a shutdown waits for it. Call
+    ``self.count_in(in_flight)`` from ``initialize``."""
+
+    _in_flight: Optional[InFlight] = None
+
+    def count_in(self, in_flight: Optional[InFlight]) -> None:
+        self._in_flight = in_flight
+        if in_flight is not None:
+            in_flight.enter()
+
+    def on_finish(self) -> None:
+        self._leave()
+
+    def on_connection_close(self) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
+        if self._in_flight is not None:
+            self._in_flight.leave()
+            self._in_flight = None  # count each request once
