@@ -33,7 +33,7 @@ class DockUpload:
     record's job id). ``sn`` is the aircraft's serial number when the transport knows which
     aircraft sits in the dock (from the dock's topology), ``gateway_sn`` the dock's.
     ``create_time_text`` is the dock's local time as sent (``"2024-04-11 16:34:30"``, no zone),
-    never converted. ``raw_json`` is the whole message as received (decoded and re-encoded).
+    never converted. ``raw_json`` is the whole message as received (its text).
     The ``flight_task`` counts are absent on Dock 3.
     """
 

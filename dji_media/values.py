@@ -56,7 +56,7 @@ class FastUploadQuery:
 class MediaFile:
     """Everything a device told us about one uploaded file.
 
-    ``raw_json`` is the callback body exactly as received (decoded and re-encoded), so a field
+    ``raw_json`` is the callback body exactly as received (its text, not re-encoded), so a field
     we do not model yet is never lost. ``created_time`` is UTC; ``created_time_text`` keeps the
     device's text with its original offset.
 

@@ -21,6 +21,10 @@ from ..devices import GATEWAY_SN_RE
 from ..dji_format import lenient_bool, lenient_float, lenient_str, section, storage_config
 from ..docks import DockUpload
 from ..errors import BadRequest, Unavailable
+from ..json_body import decode_json_object
+from ..json_body import integer as _integer
+from ..json_body import required_string as _required_string
+from ..json_body import string as _string
 from ..rules import MAX_INT, MAX_NAME, MAX_OBJECT_KEY, MAX_PATH, MAX_SHORT_ID, MAX_TIME_TEXT
 from ..values import StorageGrant
 
@@ -113,7 +117,7 @@ def parse_topic(topic: str) -> Route:
 @dataclasses.dataclass(frozen=True)
 class Envelope:
     """A decoded message. ``data`` is the method's object (``{}`` when absent); ``need_reply``
-    is None when absent or not 0/1; ``raw_json`` is the whole message re-encoded."""
+    is None when absent or not 0/1; ``raw_json`` is the whole message as received."""
 
     tid: str
     bid: str
@@ -125,36 +129,10 @@ class Envelope:
     raw_json: str = "{}"
 
 
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-# Built once: json.dumps with options other than the defaults builds an encoder on every call.
-_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
 def decode_envelope(payload: bytes) -> Envelope:
     """Decode and check a message's envelope; ``BadRequest`` naming what is wrong. The size
     limit is the transport's, applied before this is called."""
-    try:
-        obj = json.loads(payload.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise BadRequest("message is not valid UTF-8", field="payload") from None
-    except ValueError:
-        raise BadRequest("message is not valid JSON", field="payload") from None
-    except RecursionError:
-        raise BadRequest("message is nested too deeply", field="payload") from None
-    if not isinstance(obj, dict):
-        raise BadRequest("message must be a JSON object", field="payload")
-    if b"\\u0000" in payload:
-        # Valid JSON, but PostgreSQL cannot store NUL in text and no dock sends it.
-        raise BadRequest("message contains a NUL character", field="payload")
-    try:
-        raw_json = _COMPACT_JSON.encode(obj)
-        if _SURROGATE_ESCAPE.search(payload):
-            # A lone UTF-16 surrogate escape is valid JSON but not text UTF-8 can carry.
-            raw_json.encode("utf-8")
-    except RecursionError:
-        raise BadRequest("message is nested too deeply", field="payload") from None
-    except UnicodeEncodeError:
-        raise BadRequest("message contains an unpaired UTF-16 surrogate", field="payload") from None
+    obj, raw_json = decode_json_object(payload, noun="message", field="payload")
     data = obj.get("data")
     if data is None:
         data = {}
@@ -176,41 +154,6 @@ def decode_envelope(payload: bytes) -> Envelope:
 
 
 # ------------------------------------------------------------------------------ parsing helpers
-
-def _string(obj: Mapping[str, Any], key: str, limit: int, *, field: str,
-            required: bool = False) -> Optional[str]:
-    value = obj.get(key)
-    if value is None:
-        if required:
-            raise BadRequest(f"{field} is required", field=field)
-        return None
-    if not isinstance(value, str):
-        raise BadRequest(f"{field} must be a string", field=field)
-    if required and not value:
-        raise BadRequest(f"{field} must not be empty", field=field)
-    if len(value) > limit:
-        raise BadRequest(f"{field} is longer than {limit} characters", field=field)
-    return value
-
-
-def _required_string(obj: Mapping[str, Any], key: str, limit: int, *, field: str) -> str:
-    value = _string(obj, key, limit, field=field, required=True)
-    if value is None:  # cannot happen: required raised already; this tells the type checker
-        raise BadRequest(f"{field} is required", field=field)
-    return value
-
-
-def _integer(obj: Mapping[str, Any], key: str, *, field: str) -> Optional[int]:
-    value = obj.get(key)
-    if value is None:
-        return None
-    # bool is an int in Python, but `true` is not a number on the wire.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"{field} must be an integer", field=field)
-    if abs(value) > MAX_INT:
-        raise BadRequest(f"{field} is out of range", field=field)
-    return value
-
 
 def _lenient_count(value: Any) -> Optional[int]:
     """A count from 0 to MAX_INT, or None: mission counts describe the mission, and one that
@@ -336,6 +279,10 @@ def request_result(result: int, output: Optional[Mapping[str, Any]] = None) -> D
 def event_result(result: int = RESULT_SUCCESS) -> Dict[str, Any]:
     """``data`` of an ``events_reply`` or ``status_reply``."""
     return {"result": result}
+
+
+# Built once: json.dumps with options other than the defaults builds an encoder on every call.
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def render_reply(envelope: Envelope, data: Mapping[str, Any], *, timestamp_ms: int) -> bytes:

@@ -11,15 +11,17 @@ not parse is kept only in the raw JSON.
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import re
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..dji_format import lenient_bool, lenient_float, lenient_str, section, storage_config
 from ..errors import BadRequest
+from ..json_body import decode_json_object
+from ..json_body import integer as _integer
+from ..json_body import required_integer as _required_integer
+from ..json_body import required_string as _required_string
+from ..json_body import string as _string
 from ..rules import (
     MAX_FINGERPRINT,
-    MAX_INT,
     MAX_NAME,
     MAX_OBJECT_KEY,
     MAX_PATH,
@@ -30,8 +32,6 @@ from ..rules import (
 )
 from ..values import FastUploadQuery, GroupReport, MediaFile, StorageGrant, UploadReport
 
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
 CODE_SUCCESS = 0
 CODE_NOT_FOUND = -1  # Pilot 2 uploads when fast-upload answers a non-zero code
 
@@ -40,78 +40,15 @@ CODE_NOT_FOUND = -1  # Pilot 2 uploads when fast-upload answers a non-zero code
 
 def decode_object(body: bytes, *, allow_empty: bool = False) -> Dict[str, Any]:
     """Decode a request body that must be a JSON object."""
+    return _decode(body, allow_empty=allow_empty)[0]
+
+
+def _decode(body: bytes, *, allow_empty: bool = False) -> Tuple[Dict[str, Any], str]:
     if not body.strip():
         if allow_empty:
-            return {}
+            return {}, "{}"
         raise BadRequest("request body must be a JSON object", field="body")
-    try:
-        value = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise BadRequest("request body is not valid UTF-8", field="body") from None
-    except ValueError:
-        raise BadRequest("request body is not valid JSON", field="body") from None
-    except RecursionError:
-        raise BadRequest("request body is nested too deeply", field="body") from None
-    if not isinstance(value, dict):
-        raise BadRequest("request body must be a JSON object", field="body")
-    if b"\\u0000" in body:
-        # Valid JSON, but PostgreSQL cannot store NUL in text and no device sends it.
-        raise BadRequest("request body contains a NUL character", field="body")
-    if _SURROGATE_ESCAPE.search(body):
-        # JSON may escape a lone UTF-16 surrogate ("\ud800"): valid JSON, but not text that
-        # can be stored or sent back as UTF-8. Checked only when such an escape is present.
-        try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise BadRequest("request body contains an unpaired UTF-16 surrogate", field="body") from None
-    return value
-
-
-def _string(obj: Mapping[str, Any], key: str, limit: int, *, field: str,
-            required: bool = False) -> Optional[str]:
-    value = obj.get(key)
-    if value is None:
-        if required:
-            raise BadRequest(f"{field} is required", field=field)
-        return None
-    if not isinstance(value, str):
-        raise BadRequest(f"{field} must be a string", field=field)
-    if required and not value:
-        raise BadRequest(f"{field} must not be empty", field=field)
-    if len(value) > limit:
-        raise BadRequest(f"{field} is longer than {limit} characters", field=field)
-    return value
-
-
-def _integer(obj: Mapping[str, Any], key: str, *, field: str, required: bool = False,
-             default: Optional[int] = None, minimum: Optional[int] = None) -> Optional[int]:
-    value = obj.get(key)
-    if value is None:
-        if required:
-            raise BadRequest(f"{field} is required", field=field)
-        return default
-    # bool is an int in Python, but `true` is not a number on the wire.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"{field} must be an integer", field=field)
-    if minimum is not None and value < minimum:
-        raise BadRequest(f"{field} must be >= {minimum}", field=field)
-    if abs(value) > MAX_INT:  # generous for counts and types, and fits any integer column
-        raise BadRequest(f"{field} is out of range", field=field)
-    return value
-
-
-def _required_string(obj: Mapping[str, Any], key: str, limit: int, *, field: str) -> str:
-    value = _string(obj, key, limit, field=field, required=True)
-    if value is None:  # cannot happen: required raised already; this tells the type checker
-        raise BadRequest(f"{field} is required", field=field)
-    return value
-
-
-def _required_integer(obj: Mapping[str, Any], key: str, *, field: str, minimum: Optional[int] = None) -> int:
-    value = _integer(obj, key, field=field, required=True, minimum=minimum)
-    if value is None:  # as above
-        raise BadRequest(f"{field} is required", field=field)
-    return value
+    return decode_json_object(body, noun="request body", field="body")
 
 
 def parse_created_time(text: Any) -> Optional[_dt.datetime]:
@@ -176,7 +113,7 @@ def parse_sts(body: bytes) -> None:
 
 
 def parse_upload_callback(body: bytes) -> UploadReport:
-    obj = decode_object(body)
+    obj, text = _decode(body)
     ext = section(obj, "ext")
     meta = section(obj, "metadata")
     position = section(meta, "shoot_position")
@@ -204,20 +141,9 @@ def parse_upload_callback(body: bytes) -> UploadReport:
         created_time_text=lenient_str(created_text, MAX_TIME_TEXT),
         shoot_lat=lenient_float(position.get("lat")),
         shoot_lng=lenient_float(position.get("lng")),
-        raw_json=_encode_raw(obj),
+        raw_json=text,  # the body as sent: decoded once, never re-encoded
     )
     return UploadReport(result=result, file=media)
-
-
-# Built once: json.dumps with options other than the defaults builds an encoder on every call.
-_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
-def _encode_raw(obj: Dict[str, Any]) -> str:
-    try:
-        return _COMPACT_JSON.encode(obj)
-    except RecursionError:  # decodable but too deep to re-encode: refuse rather than fail
-        raise BadRequest("request body is nested too deeply", field="body") from None
 
 
 def parse_group_callback(body: bytes) -> GroupReport:
