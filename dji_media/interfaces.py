@@ -79,6 +79,16 @@ class MediaStore(_Closable, abc.ABC):
         removes the older record then.
         """
 
+    async def save(self, workspace_id: str, file: MediaFile) -> None:
+        """Store ``file`` exactly as ``upsert`` does, for a caller that needs no record back
+        (the upload callbacks: they answer once the write is durable).
+
+        Has a usable default: ``upsert``, its record dropped. A store may override it to skip
+        building that record (the peewee store does: on a busy callback route the build cost
+        as much as a tenth of the request).
+        """
+        await self.upsert(workspace_id, file)
+
     @abc.abstractmethod
     async def forget(self, record: MediaRecord) -> bool:
         """Delete the record if it is still at ``record.revision``; return whether it was.

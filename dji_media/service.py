@@ -230,7 +230,7 @@ class MediaService:
             log.info("upload-callback with result=%s for %s/%r: not recorded",
                      report.result, workspace_id, report.file.fingerprint)
             return CallbackOutcome(recorded=False, object_key=key, result=report.result)
-        await self.media_store.upsert(workspace_id, report.file)
+        await self.media_store.save(workspace_id, report.file)
         return CallbackOutcome(recorded=True, object_key=key, result=0)
 
     async def record_dock_upload(self, workspace_id: str, report: DockUpload) -> CallbackOutcome:
@@ -268,7 +268,7 @@ class MediaService:
             shoot_lng=report.shoot_lng,
             raw_json=report.raw_json,
         )
-        await self.media_store.upsert(workspace_id, file)
+        await self.media_store.save(workspace_id, file)
         if flight_id is not None and report.expected_file_count is not None:
             await self.media_store.save_mission_expectation(workspace_id, flight_id, report.expected_file_count)
         return CallbackOutcome(recorded=True, object_key=key, result=0)

@@ -15,3 +15,7 @@ class SlowMediaStore(PeeweeMediaStore):
     async def upsert(self, workspace_id, file):
         await self._runner.run(time.sleep, self._delay)
         return await super().upsert(workspace_id, file)
+
+    async def save(self, workspace_id, file):  # what the callbacks call
+        await self._runner.run(time.sleep, self._delay)
+        await super().save(workspace_id, file)

@@ -411,7 +411,7 @@ async def test_real_answers_validate_and_cover_every_documented_status(spec, cal
     async def sts_down(workspace_id):
         raise StorageUnavailable("storage credentials could not be issued: STS is unreachable")
 
-    for method in ("get", "find_by_tiny_fingerprints", "upsert", "save_group"):
+    for method in ("get", "find_by_tiny_fingerprints", "upsert", "save", "save_group"):
         monkeypatch.setattr(store, method, database_down)
     monkeypatch.setattr(credentials, "issue", sts_down)
     await check(FAST, {"fingerprint": fp}, expect=503)

@@ -398,6 +398,12 @@ class PeeweeMediaStore(MediaStore):
         return await self._run(fetch)
 
     def _upsert_one(self, workspace_id: str, file: MediaFile) -> MediaRecord:
+        return self._sql.record(self._upsert_row(workspace_id, file))
+
+    def _save_one(self, workspace_id: str, file: MediaFile) -> None:
+        self._upsert_row(workspace_id, file)  # the row is read (it proves the write), not built
+
+    def _upsert_row(self, workspace_id: str, file: MediaFile) -> Any:
         row = None
         by_key = file.fingerprint is None  # a dock's file: its object key is its identity
         for _ in range(2):
@@ -422,11 +428,15 @@ class PeeweeMediaStore(MediaStore):
             # row now: the next round deletes it and inserts this file's own.
         if row is None:
             raise DatabaseUnavailable("the media database is unavailable")
-        return self._sql.record(row)
+        return row
 
     async def upsert(self, workspace_id: str, file: MediaFile) -> MediaRecord:
         _check_storable(workspace_id, file)
         return await self._write(self._upsert_one, workspace_id, file)
+
+    async def save(self, workspace_id: str, file: MediaFile) -> None:
+        _check_storable(workspace_id, file)
+        await self._write(self._save_one, workspace_id, file)
 
     async def mark_verified(self, records: Sequence[MediaRecord], when: _dt.datetime) -> None:
         m = self._media

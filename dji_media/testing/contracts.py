@@ -100,6 +100,21 @@ class MediaStoreContract:
         assert fetched.file.created_time.utcoffset() == _dt.timedelta(0)
 
     @pytest.mark.gen_test
+    async def test_save_stores_as_upsert_does(self, media_store):
+        file = sample_file("S1")
+        assert await media_store.save("ws", file) is None
+        first = await media_store.get("ws", "S1")
+        assert first is not None and first.file == file
+        await media_store.save("ws", sample_file("S1", name="again.jpg"))
+        again = await media_store.get("ws", "S1")
+        assert (again.file.name, again.public_id) == ("again.jpg", first.public_id)
+        assert again.revision > first.revision
+        # One object key, one record, as with upsert: another fingerprint on the same key wins.
+        await media_store.save("ws", sample_file("S2", object_key=file.object_key))
+        assert await media_store.get("ws", "S1") is None
+        assert (await media_store.get("ws", "S2")).file.object_key == file.object_key
+
+    @pytest.mark.gen_test
     async def test_optional_fields_may_be_missing(self, media_store):
         file = MediaFile(fingerprint="ABC", object_key="media/ws/a.jpg")
         await media_store.upsert("ws", file)
