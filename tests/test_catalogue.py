@@ -17,8 +17,13 @@ UTC = _dt.timezone.utc
 ROWS = 3000
 
 
-def _plan(engine: str, store: PeeweeMediaStore, sql: str, params) -> str:
-    db = store.db
+async def _plan(engine: str, store: PeeweeMediaStore, sql: str, params) -> str:
+    # On the store's own threads, as a unit of work: a connection opened here, on the test's
+    # thread, would be one the store never closes.
+    return await store.run_unit(_explain, engine, store.db, sql, params, transaction=False)
+
+
+def _explain(engine: str, db, sql: str, params) -> str:
     if engine == "sqlite":
         rows = db.execute_sql("EXPLAIN QUERY PLAN " + sql, params).fetchall()
         return "\n".join(str(row[-1]) for row in rows)
@@ -45,24 +50,20 @@ async def test_first_and_deep_pages_read_the_library_index(engine, fresh_tables)
         for start in range(0, ROWS, 500):
             await store.insert_missing(records[start:start + 500])
         table = store.table_names["media_file"]
-        if engine == "postgresql":
-            store.db.execute_sql(f'ANALYZE "{table}"')
-        elif engine == "mysql":
-            store.db.execute_sql(f"ANALYZE TABLE `{table}`")
-        else:
-            store.db.execute_sql("ANALYZE")
+        analyze = {"postgresql": f'ANALYZE "{table}"', "mysql": f"ANALYZE TABLE `{table}`"}.get(engine, "ANALYZE")
+        await store.run_unit(store.db.execute_sql, analyze, transaction=False)
         index = library_index_name(table, ("workspace_id", "created_at", "public_id"))
         deep = records[ROWS // 2]
         for newest_first in (True, False):
             query = FileQuery("ws-1", newest_first=newest_first)
             for after in (None, (deep.created_at, deep.public_id)):
                 sql, params = store._library.find(query, 50, after)
-                plan = _plan(engine, store, sql, params)
+                plan = await _plan(engine, store, sql, params)
                 assert index in plan, (newest_first, after, plan)
                 assert "TEMP B-TREE" not in plan  # SQLite: no sort of its own, the index's order
         # The mission filter reads the (workspace_id, file_group_id) index.
         sql, params = store._library.count(FileQuery("ws-1", mission="m7"))
-        assert library_index_name(table, ("workspace_id", "file_group_id")) in _plan(engine, store, sql, params)
+        assert library_index_name(table, ("workspace_id", "file_group_id")) in await _plan(engine, store, sql, params)
         # And the pages agree with the records.
         page = await store.find_records(FileQuery("ws-1"), 3, (deep.created_at, deep.public_id))
         assert [r.created_at for r in page] == [deep.created_at - _dt.timedelta(seconds=s) for s in (2, 5, 8)]
