@@ -6,6 +6,7 @@
     ├── Unauthenticated         missing, invalid or expired token (HTTP 401: logs the pilot out)
     ├── Forbidden               valid token, but not for this workspace or this action (HTTP 403)
     ├── NotFound                no such file in this workspace (HTTP 404; another workspace's id too)
+    ├── BoundElsewhere          the dock is bound to another workspace (HTTP 409)
     ├── Unavailable             a dependency could not answer; retry later (HTTP 503)
     │   ├── StorageUnavailable  object storage or STS could not be asked
     │   ├── DatabaseUnavailable the metadata database could not be read or written
@@ -150,3 +151,8 @@ class UnknownDock(Forbidden):
 class NotFound(DjiMediaError):
     """The media library has no such file in the workspace: never stored, deleted, gone from
     storage, or another workspace's (which is not told apart: HTTP 404 either way)."""
+
+
+class BoundElsewhere(DjiMediaError):
+    """The dock is bound to another workspace, which must unbind it first: a workspace's
+    administrator never takes another workspace's dock (HTTP 409)."""

@@ -3,11 +3,13 @@ belongs to, in the store's database, on SQLite always and on PostgreSQL and Mari
 DJI_MEDIA_TEST_POSTGRES_URL / DJI_MEDIA_TEST_MYSQL_URL are set."""
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 
 import pytest
 
 from dji_media import BadRequest, DatabaseUnavailable, PeeweeMediaStore
+from dji_media.errors import BoundElsewhere
 from dji_media.backends.peewee_devices import DatabaseDeviceDirectory
 from dji_media.testing.contracts import sample_file
 
@@ -58,6 +60,30 @@ async def test_bind_look_up_list_and_unbind(store):
     await devices.close()
     await other.close()
     await store.ping()  # a store passed in stays open
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_administrator_never_takes_another_workspaces_dock(store):
+    devices = DatabaseDeviceDirectory(store, cache_seconds=0)
+    await devices.bind("4TADKAQ000002J", "ws-a", note="roof", replace=False)
+    again = await devices.bind("4TADKAQ000002J", "ws-a", note="roof, east", replace=False)
+    assert (again.workspace_id, again.note) == ("ws-a", "roof, east")
+    with pytest.raises(BoundElsewhere):
+        await devices.bind("4TADKAQ000002J", "ws-b", replace=False)
+    # Nor unbinds it: only the named workspace's binding goes.
+    assert await devices.unbind("4TADKAQ000002J", "ws-b") is False
+    assert await devices.workspace_of("4TADKAQ000002J") == "ws-a"
+    assert await devices.unbind("4TADKAQ000002J", "ws-a") is True
+    # Two workspaces racing for a free dock: exactly one wins, and the table says which.
+    for round_ in range(5):
+        sn = f"RACE{round_}"
+        outcomes = await asyncio.gather(*(devices.bind(sn, ws, replace=False) for ws in ("ws-a", "ws-b", "ws-c")),
+                                        return_exceptions=True)
+        won = [o for o in outcomes if not isinstance(o, BaseException)]
+        assert len(won) == 1, outcomes
+        assert all(isinstance(o, BoundElsewhere) for o in outcomes if isinstance(o, BaseException)), outcomes
+        assert await devices.workspace_of(sn) == won[0].workspace_id
+    await devices.close()
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -12,7 +12,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..devices import DeviceDirectory, check_gateway_sn
-from ..errors import BadRequest, DatabaseUnavailable
+from ..errors import BadRequest, BoundElsewhere, DatabaseUnavailable
 from ..rules import check_workspace_id
 from ..values import DeviceBinding, utc_now
 from .peewee_schema import _aware_utc, _naive_utc, _storable
@@ -96,34 +96,58 @@ class DatabaseDeviceDirectory(DeviceDirectory):
             self._cache[gateway_sn] = (workspace_id, now + self.cache_seconds)
         return workspace_id
 
-    async def bind(self, gateway_sn: str, workspace_id: str, note: Optional[str] = None) -> DeviceBinding:
-        """Bind the dock to the workspace (replacing an earlier binding, and its note) and
-        return the binding."""
+    async def bind(self, gateway_sn: str, workspace_id: str, note: Optional[str] = None, *,
+                   replace: bool = True) -> DeviceBinding:
+        """Bind the dock to the workspace and return the binding; binding it again to the same
+        workspace replaces the note. With ``replace`` (an operator's ``dji-media devices bind``)
+        a binding to another workspace is moved; without it (a workspace's administrator, over
+        HTTP) that raises ``BoundElsewhere`` and changes nothing. The check and the write are one
+        statement each, so two administrators racing for one dock cannot both succeed."""
         check_gateway_sn(gateway_sn)
         check_workspace_id(workspace_id)
         if note is not None and not (isinstance(note, str) and len(note) <= MAX_NOTE and _storable(note)):
             raise BadRequest(f"note must be text of at most {MAX_NOTE} characters", field="note")
         d = self._model
         bound_at = _naive_utc(utc_now())
+        row = dict(gateway_sn=gateway_sn, workspace_id=workspace_id, bound_at=bound_at, note=note)
 
-        def write() -> DeviceBinding:
-            row = dict(gateway_sn=gateway_sn, workspace_id=workspace_id, bound_at=bound_at, note=note)
+        def move() -> DeviceBinding:
             self.store._upsert_query(d, row, [d.gateway_sn],
                                      {d.workspace_id: workspace_id, d.bound_at: bound_at, d.note: note}).execute()
             return self._binding(d.get(d.gateway_sn == gateway_sn))
 
-        binding = await self.store.run_unit(write)
+        def claim() -> DeviceBinding:
+            # Only this workspace's own binding is updated; a dock without one is inserted, and
+            # an insert that meets a binding (elsewhere, or a racing request's) is ignored: no
+            # error and no savepoint, which a MySQL deadlock would take away with the
+            # transaction. The row then says who holds the dock.
+            updated = d.update(bound_at=bound_at, note=note).where(
+                (d.gateway_sn == gateway_sn) & (d.workspace_id == workspace_id)).execute()
+            if not updated:
+                d.insert(**row).on_conflict_ignore().execute()
+            current = d.get_or_none(d.gateway_sn == gateway_sn)
+            if current is None or current.workspace_id != workspace_id:
+                raise BoundElsewhere("this dock is bound to another workspace: unbind it there first")
+            return self._binding(current)
+
+        binding = await self.store.run_unit(move if replace else claim)
         self._cache.pop(gateway_sn, None)
         return binding
 
-    async def unbind(self, gateway_sn: str) -> bool:
-        """Remove the dock's binding; return whether it had one. Its messages are then dropped
-        (an unknown dock) until it is bound again."""
+    async def unbind(self, gateway_sn: str, workspace_id: Optional[str] = None) -> bool:
+        """Remove the dock's binding (only if it is ``workspace_id``'s, when given); return
+        whether one was removed. Its messages are then dropped (an unknown dock) until it is
+        bound again."""
         check_gateway_sn(gateway_sn)
+        if workspace_id is not None:
+            check_workspace_id(workspace_id)
         d = self._model
+        which = d.gateway_sn == gateway_sn
+        if workspace_id is not None:
+            which = which & (d.workspace_id == workspace_id)
 
         def delete() -> bool:
-            return d.delete().where(d.gateway_sn == gateway_sn).execute() > 0
+            return d.delete().where(which).execute() > 0
 
         removed = await self.store.run_unit(delete)
         self._cache.pop(gateway_sn, None)

@@ -17,7 +17,7 @@ import tornado.web
 from ..access import DEVICES
 from ..devices import check_gateway_sn
 from ..dock_priority import DockPriority
-from ..errors import BadRequest, DjiMediaError, DockTimeout, PayloadTooLarge, UnknownDock
+from ..errors import BadRequest, BoundElsewhere, DjiMediaError, DockTimeout, PayloadTooLarge, UnknownDock
 from ..service import MediaService
 from ..values import DeviceBinding
 from . import wire
@@ -78,15 +78,12 @@ class _DeviceAdminHandler(CountedRequest, EnvelopeMixin, tornado.web.RequestHand
     """Base of the binding endpoints: the ``devices`` scope in the path's workspace (401, 403,
     then 400 for the workspace id, as every endpoint), errors as envelopes.
 
-    ``directory`` binds, unbinds and lists (``DatabaseDeviceDirectory``'s methods); ``lookup``
-    answers ``workspace_of`` without a cache, so that a binding made by another process is seen
-    before a PUT decides whether the dock is free."""
+    ``directory`` binds, unbinds and lists (``DatabaseDeviceDirectory``'s methods)."""
 
-    def initialize(self, service: MediaService, directory: Any, lookup: Any,
+    def initialize(self, service: MediaService, directory: Any,
                    in_flight: Optional[InFlight] = None) -> None:
         self.service = service
         self.directory = directory
-        self.lookup = lookup
         self.count_in(in_flight)
 
     async def _authorized(self, workspace_id: str) -> None:
@@ -126,14 +123,14 @@ class DeviceBindingHandler(_DeviceAdminHandler):
             await self._authorized(workspace_id)
             check_gateway_sn(gateway_sn)
             note = self._note()
-            current = await self.lookup.workspace_of(gateway_sn)
-            if current is not None and current != workspace_id:
-                log.info("%s %s -> %s: bound to another workspace", self.request.method, self.request.path,
-                         BOUND_ELSEWHERE)
-                self.reply(BOUND_ELSEWHERE, wire.envelope(
-                    BOUND_ELSEWHERE, "this dock is bound to another workspace: unbind it there first"))
-                return
-            binding = await self.directory.bind(gateway_sn, workspace_id, note=note)
+            # Never another workspace's dock: the directory checks and writes in one step, so
+            # two administrators racing for one dock cannot both win.
+            binding = await self.directory.bind(gateway_sn, workspace_id, note=note, replace=False)
+        except BoundElsewhere as exc:
+            log.info("%s %s -> %s: bound to another workspace", self.request.method, self.request.path,
+                     BOUND_ELSEWHERE)
+            self.reply(BOUND_ELSEWHERE, wire.envelope(BOUND_ELSEWHERE, exc.message))
+            return
         except DjiMediaError as exc:
             self._fail(exc)
             return
@@ -143,9 +140,8 @@ class DeviceBindingHandler(_DeviceAdminHandler):
         try:
             await self._authorized(workspace_id)
             check_gateway_sn(gateway_sn)
-            removed = False
-            if await self.lookup.workspace_of(gateway_sn) == workspace_id:
-                removed = bool(await self.directory.unbind(gateway_sn))
+            # Only this workspace's binding, in one statement (not a check, then a delete).
+            removed = bool(await self.directory.unbind(gateway_sn, workspace_id))
         except DjiMediaError as exc:
             self._fail(exc)
             return
@@ -163,29 +159,20 @@ class DeviceBindingHandler(_DeviceAdminHandler):
 
 def get_device_admin_handlers(service: MediaService, directory: Any, *, prefix: str = "",
                               in_flight: Optional[InFlight] = None) -> List[Tuple[str, type, Dict[str, Any]]]:
-    """The binding routes, over a directory that can ``bind``, ``unbind`` and ``list``
-    (``DatabaseDeviceDirectory``)."""
-    for method in ("bind", "unbind", "list", "workspace_of"):
+    """The binding routes, over a directory that can ``bind`` (with ``replace=False``: refuse a
+    dock bound elsewhere, raising ``BoundElsewhere``), ``unbind`` (only the given workspace's
+    binding) and ``list``: ``DatabaseDeviceDirectory``."""
+    for method in ("bind", "unbind", "list"):
         if not callable(getattr(directory, method, None)):
             raise ValueError(f"the device directory cannot {method}: the binding endpoints need one that can "
                              "(DatabaseDeviceDirectory)")
     base = "/" + prefix.strip("/") if prefix.strip("/") else ""
-    kwargs = {"service": service, "directory": directory, "lookup": _uncached(directory), "in_flight": in_flight}
+    kwargs = {"service": service, "directory": directory, "in_flight": in_flight}
     devices = f"{base}/manage/api/v1/workspaces/(?P<workspace_id>[^/]+)/devices"
     return [
         (devices, DeviceListHandler, kwargs),
         (f"{devices}/(?P<gateway_sn>[^/]+)", DeviceBindingHandler, kwargs),
     ]
-
-
-def _uncached(directory: Any) -> Any:
-    """A view of the directory's table that asks the database every time (the directory itself
-    caches answers for a few seconds, fine for docks' messages, not for deciding a PUT)."""
-    from ..backends.peewee_devices import DatabaseDeviceDirectory
-
-    if isinstance(directory, DatabaseDeviceDirectory) and directory.cache_seconds:
-        return DatabaseDeviceDirectory(directory.store, cache_seconds=0)
-    return directory
 
 
 def get_device_handlers(service: MediaService, priority: DockPriority, *, prefix: str = "",
