@@ -86,6 +86,7 @@ class ServiceSettings:
     expire_margin: int = 300
     verify_concurrency: int = 16
     enforce_key_prefix: bool = True
+    enforce_dock_key_prefix: bool = True
     # None: DEFAULT_VERIFY_WINDOW_SECONDS, or 0 for a media store that cannot remember
     # confirmations (one written for an older release keeps working as it did).
     verify_window_seconds: Optional[float] = None

@@ -107,6 +107,7 @@ def build_service(config: Config) -> MediaService:
         authenticator=authenticator, expire_margin=config.service.expire_margin,
         verify_concurrency=config.service.verify_concurrency,
         enforce_key_prefix=config.service.enforce_key_prefix,
+        enforce_dock_key_prefix=config.service.enforce_dock_key_prefix,
         verify_window=window,
         max_checks_per_request=config.service.max_checks_per_request,
     )

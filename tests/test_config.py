@@ -315,3 +315,14 @@ def test_each_worker_gets_its_own_client_id(raw):
     assert build_mqtt(config, service, directory).client_id == "media"
     assert build_mqtt(config, service, directory, worker_index=3).client_id == "media-3"
     assert build_mqtt(config, service, directory, worker_index=3).topics[0].startswith("$share/g/")
+
+
+def test_the_key_prefix_switches_reach_the_service(raw):
+    default = build_service(parse_config(raw, environ={}))
+    assert (default.enforce_key_prefix, default.enforce_dock_key_prefix) == (True, True)
+    raw["service"].update(enforce_dock_key_prefix=False)
+    service = build_service(parse_config(raw, environ={}))
+    assert (service.enforce_key_prefix, service.enforce_dock_key_prefix) == (True, False)
+    with pytest.raises(ConfigError) as refused:
+        parse_config(dict(raw, service={"enforce_dock_keys": False}), environ={})
+    assert "enforce_dock_keys" in refused.value.message
