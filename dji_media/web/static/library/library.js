@@ -192,7 +192,11 @@
       thumb.textContent = file.kind === "video" ? "▶ VIDEO" : "FILE";
     }
     const caption = el("div", "caption");
-    caption.append(el("span", "name", file.name), el("span", "when", when(file.created_time || file.uploaded_at)));
+    // A long name is cut at its start (library.css): DJI's names differ at the end (the shot's
+    // number and lens, "_0012_W.JPG"), so that is the part a tile must show.
+    const name = el("span", "name");
+    name.append(el("bdi", "", file.name));
+    caption.append(name, el("span", "when", when(file.created_time || file.uploaded_at)));
     li.append(thumb, caption);
     li.addEventListener("click", () => openDetails(file.id));
     return li;
