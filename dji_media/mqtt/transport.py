@@ -18,6 +18,7 @@ import collections
 import logging
 import random
 import re
+import socket
 import ssl
 import time
 import urllib.parse
@@ -308,6 +309,10 @@ class MqttTransport(Transport, DockCommands):
             hostname=self.host, port=self.port, identifier=self.client_id, username=self.username,
             password=self._password, keepalive=self.keepalive, timeout=self.connect_timeout,
             tls_context=self._tls_context, logger=logging.getLogger("dji_media.mqtt.client"),
+            # Replies go out at once. With Nagle's algorithm (paho-mqtt's default) a reply written
+            # right after the PUBACK of the message it answers waits until the broker acknowledges
+            # that PUBACK, which Linux delays by up to 40 ms: every reply took 40 ms or more.
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
         if self.protocol == "5":
             properties = Properties(PacketTypes.CONNECT)
@@ -517,9 +522,8 @@ class MqttTransport(Transport, DockCommands):
         sn = route.gateway_sn
         try:
             report = wire.parse_file_upload_callback(envelope, gateway_sn=sn, aircraft_sn=self._aircraft.get(sn))
+            # The mission's expected count, when the callback carries one, is stored with it.
             outcome = await self.service.record_dock_upload(workspace_id, report)
-            if report.flight_id is not None and report.expected_file_count is not None:
-                await self._record_expectation(workspace_id, sn, report.flight_id, report.expected_file_count)
         except Exception as exc:
             self._failed(route, envelope, exc)
             # No reply unless the event itself is wrong: the dock sends an unanswered event
