@@ -10,6 +10,7 @@ id, object key, lengths), so a caller that is not the HTTP transport cannot skip
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as _dt
 import logging
@@ -49,6 +50,8 @@ from .values import (
 __all__ = ["MediaService", "CallbackOutcome", "USE_CASE_SCOPES", "check_object_key_form"]
 
 log = logging.getLogger("dji_media.service")
+# Missions whose expected file count each service remembers having stored (about 100 bytes each).
+MAX_REMEMBERED_EXPECTATIONS = 10_000
 
 # How far ahead of this machine's clock a confirmation's time may be and still count (another
 # server, or the sweep on another machine, stamped it).
@@ -153,6 +156,11 @@ class MediaService:
         # Decided once too: a store of an older release records confirmations without their
         # ETag and size (mark_verified), or not at all (its default).
         self._can_confirm = has_capability(media_store, "sweep_confirm")
+        # The expected count this process last stored per (workspace, mission): a Dock 1 or 2
+        # repeats it in every file_upload_callback, and writing it each time cost more CPU than
+        # the file's own record (bench/mqtt.py). Latest wins per process, as the transport's
+        # own per-dock memory of it.
+        self._expectations: "collections.OrderedDict[Tuple[str, str], int]" = collections.OrderedDict()
 
     # -------------------------------------------------------------------------- access
 
@@ -270,7 +278,7 @@ class MediaService:
         )
         await self.media_store.save(workspace_id, file)
         if flight_id is not None and report.expected_file_count is not None:
-            await self.media_store.save_mission_expectation(workspace_id, flight_id, report.expected_file_count)
+            await self._save_expectation(workspace_id, flight_id, report.expected_file_count)
         return CallbackOutcome(recorded=True, object_key=key, result=0)
 
     async def record_mission_expectation(self, workspace_id: str, flight_id: str,
@@ -279,7 +287,19 @@ class MediaService:
         check_workspace_id(workspace_id)
         check_text(flight_id, MAX_SHORT_ID, "flight_id", required=True)
         check_count(expected_file_count, "expected_file_count")
+        await self._save_expectation(workspace_id, flight_id, expected_file_count)
+
+    async def _save_expectation(self, workspace_id: str, flight_id: str, expected_file_count: int) -> None:
+        """Store a mission's expected count unless this process stored that very count last."""
+        key = (workspace_id, flight_id)
+        if self._expectations.get(key) == expected_file_count:
+            self._expectations.move_to_end(key)
+            return
         await self.media_store.save_mission_expectation(workspace_id, flight_id, expected_file_count)
+        self._expectations[key] = expected_file_count
+        self._expectations.move_to_end(key)
+        while len(self._expectations) > MAX_REMEMBERED_EXPECTATIONS:
+            self._expectations.popitem(last=False)
 
     async def record_group(self, workspace_id: str, report: GroupReport) -> FileGroup:
         """Store a mission's totals (latest report wins)."""

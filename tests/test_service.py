@@ -428,6 +428,29 @@ async def test_a_dock_upload_supersedes_a_pilot_record_of_its_key():
 
 
 @pytest.mark.gen_test
+async def test_a_repeated_expected_count_is_written_once():
+    """A Dock 1 or 2 repeats the mission's count in every file's callback: one write per change."""
+    service, store, _ = make()
+    writes = []
+    save = store.save_mission_expectation
+
+    async def counting(workspace_id, flight_id, count):
+        writes.append((workspace_id, flight_id, count))
+        await save(workspace_id, flight_id, count)
+
+    store.save_mission_expectation = counting
+    for i in range(5):
+        await service.record_dock_upload("ws", dock_upload(object_key=f"media/ws/m/{i}.jpeg"))
+    assert writes == [("ws", "ac793856", 14)]
+    await service.record_dock_upload("ws", dock_upload(object_key="media/ws/m/5.jpeg", expected_file_count=15))
+    await service.record_mission_expectation("ws", "ac793856", 15)
+    await service.record_mission_expectation("ws", "ac793856", 14)
+    assert writes[1:] == [("ws", "ac793856", 15), ("ws", "ac793856", 14)]
+    assert (await store.get_group("ws", "ac793856")).expected_file_count == 14
+    assert len(await dock_records(store)) == 6
+
+
+@pytest.mark.gen_test
 async def test_record_mission_expectation():
     service, store, _ = make()
     await service.record_mission_expectation("ws", "flight-1", 20)
