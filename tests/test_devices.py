@@ -9,8 +9,8 @@ import datetime as _dt
 import pytest
 
 from dji_media import BadRequest, DatabaseUnavailable, PeeweeMediaStore
-from dji_media.errors import BoundElsewhere
 from dji_media.backends.peewee_devices import DatabaseDeviceDirectory
+from dji_media.errors import BoundElsewhere
 from dji_media.testing.contracts import sample_file
 
 
