@@ -142,9 +142,9 @@ def _decode(cursor: str, kind: str) -> Tuple[_dt.datetime, str]:
         key = payload["i"]
         if moment.tzinfo is None or not isinstance(key, str):
             raise ValueError(kind)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError, binascii.Error):
+        return moment.astimezone(_dt.timezone.utc), key
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, binascii.Error, OverflowError, RecursionError):
         raise BadRequest("cursor is not one this server gave", field="cursor") from None
-    return moment.astimezone(_dt.timezone.utc), key
 
 
 def _check_limit(limit: int) -> int:

@@ -439,7 +439,7 @@ def query_of(request: Request, ws: str) -> FileQuery:
     original = one("original")
     return FileQuery(ws, mission=one("mission"), sn=one("sn"), drone_model_key=one("drone_model_key"),
                      payload_model_key=one("payload_model_key"), kind=one("kind"),
-                     original=None if original is None else original == "true", text=one("q"),
+                     original=None if original is None else original == "true", text=one("q") or None,
                      bbox=bbox, newest_first=one("order") != "oldest", **times)  # type: ignore[arg-type]
 
 
@@ -457,49 +457,16 @@ def expected_matches(model: Model, query: FileQuery, cursor: Optional[str] = Non
     return found
 
 
-# ------------------------------------------------------------- known faults (issue 16 report)
-# Found by this test; each has a proposed fix. They are tolerated (and counted) here, and
-# test_known_faults pins them with a strict xfail: once fixed it passes, fails as XPASS, and
-# these exceptions go.
-
-def known_500(request: Request) -> Optional[str]:
-    """Why this request meets a known 500, or None."""
-    for name, value in request.params:
-        if name in ("limit", "page", "page_size") and value.isdigit() and not value.isascii():
-            return "a non-ASCII digit (str.isdigit) that int() refuses"
-        if name in ("uploaded_from", "uploaded_to", "captured_from", "captured_to") and overflows(value):
-            return "a time that leaves the calendar in UTC"
-        if name == "cursor":
-            try:
-                payload = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
-            except RecursionError:
-                return "a cursor of JSON nested too deeply"
-            except (ValueError, UnicodeDecodeError):
-                continue
-            if isinstance(payload, dict) and isinstance(payload.get("t"), str) and overflows(payload["t"]):
-                return "a cursor whose time leaves the calendar in UTC"
-    return None
-
-
-def overflows(text: str) -> bool:
-    try:
-        moment = _dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-        if moment.tzinfo is not None:
-            moment.astimezone(UTC)
-    except ValueError:
-        return False
-    except OverflowError:
-        return True
-    return False
-
+# ------------------------------------------------------------- SQLite's text filter
 
 ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 def sqlite_text_match(query: FileQuery, record: MediaRecord) -> bool:
-    """The text filter as SQLite applies it: its LOWER() and LIKE fold ASCII letters only, and
-    a file without name and path never matches (NULL LIKE anything is NULL)."""
-    needle = (query.text or "").lower()
+    """The text filter as SQLite applies it: its LOWER() and LIKE fold ASCII letters only (the
+    store folds the pattern the same way), and a file without name and path never matches
+    (NULL LIKE anything is NULL)."""
+    needle = (query.text or "").translate(ASCII_LOWER)
     f = record.file
     return any(value is not None and needle in value.translate(ASCII_LOWER) for value in (f.name, f.path))
 
@@ -532,10 +499,6 @@ def gate(request: Request) -> Optional[Set[int]]:
 def check_answer(request: Request, answer: Answer, model: Model, bucket: InMemoryObjectStore, pools: Pools,
                  validators: Dict[Tuple[str, str, int], Any]) -> None:
     where = f"{request!r} -> {request.path()[:300]} answered {answer.status} {answer.headers} {answer.body[:300]!r}"
-    known = known_500(request)
-    if answer.status == 500 and known:
-        model.events[f"known 500: {known}"] += 1
-        return
     assert answer.status < 500, where
     allow = answer.headers.get("access-control-allow-origin")
     assert allow is None or (allow == ORIGIN == request.origin), f"CORS for another origin: {where}"
@@ -676,12 +639,11 @@ def check_listing(request: Request, ws: str, ids: List[str], model: Model, where
 
     sqlite_folding = False
     found = expected(cursor)
-    if ids != [r.public_id for r in found[:limit]] and query.text is not None and (
-            not query.text.isascii() or not query.text):
-        # Known: SQLite folds ASCII letters only, and leaves out a file without name and path.
+    if ids != [r.public_id for r in found[:limit]] and query.text is not None and not query.text.isascii():
+        # Documented (doc/library.md): SQLite folds the case of ASCII letters only.
         sqlite_folding = True
         found = expected(cursor)
-        model.events["known: the text filter differs from FileQuery.matches on SQLite"] += 1
+        model.events["SQLite's ASCII-only case folding"] += 1
     assert ids == [r.public_id for r in found[:limit]], f"not the expected files: {where}"
     if page is not None:
         assert (page["next_cursor"] is None) == (len(found) <= limit), where
@@ -744,8 +706,6 @@ def test_library_routes_answer_hostile_requests_with_documented_envelopes(tmp_pa
                     headers.append(("Access-Control-Request-Method", "GET"))
                 answer = send(server.port, request.method, request.path(), headers, b"", chunk=None, expect=False)
                 stats[(request.route, request.method, answer.status)] += 1
-                if known_500(request):
-                    model.events["sent, a known fault: " + known_500(request)] += 1
                 check_answer(request, answer, model, server.bucket, pools, validators)
 
         fuzz()
@@ -773,7 +733,7 @@ def test_library_routes_answer_hostile_requests_with_documented_envelopes(tmp_pa
         "download not found", "missions listed", "dji page listed", "csv exported", "geojson exported")), model.events
 
 
-KNOWN_FAULTS = [  # (path and query, with read-a-token), each answered 500 or wrongly today
+FOUND_BY_FUZZING = [  # (path and query, with read-a-token), each once answered 500
     LIBRARY.format(ws="ws-a") + "/files?limit=%C2%B2",                             # "²".isdigit(), int() refuses
     DJI.format(ws="ws-a") + "/files?page=%E2%91%A0&page_size=10",                  # "①" likewise
     LIBRARY.format(ws="ws-a") + "/files?captured_from=9999-12-31T23:59:59-08:00",  # OverflowError in UTC
@@ -783,23 +743,22 @@ KNOWN_FAULTS = [  # (path and query, with read-a-token), each answered 500 or wr
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16: known faults of the library's parsing and of SQLite's text "
-                                       "filter, fixes proposed; once fixed, drop this mark and known_500 and "
-                                       "the text filter's exception above")
-def test_known_faults(tmp_path, quiet_logs):  # noqa: F811
+def test_what_the_fuzzer_found_stays_fixed(tmp_path, quiet_logs):  # noqa: F811
     records, keys, groups = make_records()
     server = LibraryServer(f"sqlite:///{tmp_path / 'known.sqlite3'}", records, keys, groups)
     server.start()
     try:
         answers = {path: send(server.port, "GET", path, [("X-Auth-Token", "read-a-token")], b"", chunk=None,
-                              expect=False) for path in KNOWN_FAULTS}
+                              expect=False) for path in FOUND_BY_FUZZING}
         found = json.loads(send(server.port, "GET", LIBRARY.format(ws="ws-a") + "/files?q=%C3%84pfel",
                                 [("X-Auth-Token", "read-a-token")], b"", chunk=None, expect=False).body)
     finally:
         server.stop()
     assert {path: a.status for path, a in answers.items() if a.status >= 500} == {}
+    assert {a.status for a in answers.values()} == {400}
+    # SQLite finds a name with a non-ASCII letter in its exact case (it folds ASCII letters only).
     wanted = FileQuery("ws-a", text="\u00c4pfel")
-    assert len(found["data"]["files"]) == sum(wanted.matches(r) for r in records) > 0
+    assert len(found["data"]["files"]) == sum(sqlite_text_match(wanted, r) for r in records if wanted.matches(r)) > 0
 
 
 @pytest.fixture(autouse=True)

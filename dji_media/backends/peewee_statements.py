@@ -252,11 +252,18 @@ class TaskStatements:
 _CREATED_TIME = _MEDIA_FIELDS.index("created_time")
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _ascii_lower(text: str) -> str:
+    return text.translate(_ASCII_LOWER)
+
+
 def _like_pattern(text: str) -> str:
     """``text`` as a LIKE pattern that contains it, with ``!`` escaping LIKE's wildcards (the
     same ESCAPE character on every engine: a backslash means different things in MySQL's and
     PostgreSQL's string literals)."""
-    escaped = text.lower().replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    escaped = text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
     return f"%{escaped}%"
 
 
@@ -276,6 +283,9 @@ class LibraryStatements:
 
         self.q = q
         self.p = db.param
+        # SQLite's LOWER() and LIKE fold ASCII letters only: a pattern lowered in full would
+        # never meet a name's upper-case non-ASCII letter, so only ASCII is lowered there.
+        self._fold = _ascii_lower if isinstance(db, peewee.SqliteDatabase) else str.lower
         self.table = q(model._meta.table_name)
         self.select_list = select_list
         # The kind from the name's extension, as values.file_kind decides it. A literal % is
@@ -306,7 +316,7 @@ class LibraryStatements:
             parts.append(f"{q('is_original')} = {p}")
             params.append(query.original)
         if query.text is not None:
-            pattern = _like_pattern(query.text)
+            pattern = _like_pattern(self._fold(query.text))
             parts.append(f"(LOWER({q('name')}) LIKE {p} ESCAPE '!' OR LOWER({q('path')}) LIKE {p} ESCAPE '!')")
             params += [pattern, pattern]
         for column, low, high in (("created_at", query.uploaded_from, query.uploaded_to),

@@ -60,7 +60,7 @@ def _int(handler: tornado.web.RequestHandler, name: str, default: int) -> int:
     value = _one(handler, name)
     if value is None:
         return default
-    if not value.isdigit() or len(value) > 9:
+    if not (value.isascii() and value.isdigit()) or len(value) > 9:
         raise BadRequest(f"{name} must be a positive integer", field=name)
     return int(value)
 
@@ -71,11 +71,11 @@ def _time(handler: tornado.web.RequestHandler, name: str) -> Optional[_dt.dateti
         return None
     try:
         moment = _dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+        if moment.tzinfo is None:
+            raise ValueError(name)
+        return moment.astimezone(_dt.timezone.utc)
+    except (ValueError, OverflowError):  # OverflowError: the time in UTC leaves the calendar
         raise BadRequest(f"{name} must be an ISO 8601 time with an offset or Z", field=name) from None
-    if moment.tzinfo is None:
-        raise BadRequest(f"{name} must be an ISO 8601 time with an offset or Z", field=name)
-    return moment.astimezone(_dt.timezone.utc)
 
 
 def _text(handler: tornado.web.RequestHandler, name: str) -> Optional[str]:
@@ -106,7 +106,7 @@ def parse_file_query(handler: tornado.web.RequestHandler, workspace_id: str) -> 
     return FileQuery(
         workspace_id=workspace_id, mission=_text(handler, "mission"), sn=_text(handler, "sn"),
         drone_model_key=_text(handler, "drone_model_key"), payload_model_key=_text(handler, "payload_model_key"),
-        kind=kind, original=_bool(handler, "original"), text=_text(handler, "q"),
+        kind=kind, original=_bool(handler, "original"), text=_text(handler, "q") or None,
         uploaded_from=_time(handler, "uploaded_from"), uploaded_to=_time(handler, "uploaded_to"),
         captured_from=_time(handler, "captured_from"), captured_to=_time(handler, "captured_to"),
         bbox=bbox, newest_first=order == "newest")
