@@ -1,8 +1,9 @@
 """Schema versions: a database at the first released schema (version 1), or at version 2 or 3,
 filled with records covering the edge cases, upgraded by `dji-media migrate`, keeps every record
 and group (version 4 gives each record a public id and keeps one record per object key, version 5
-lets a dock's record go without a fingerprint, version 6 indexes the media library); a
-store, `serve` and `check` refuse a database at another version with one line saying what to run.
+lets a dock's record go without a fingerprint, version 6 indexes the media library, version 7
+replaces those indexes with the filtered pages' ones); a store, `serve` and `check` refuse a
+database at another version with one line saying what to run.
 
 Version 1's tables come from tests/schema_v1/<engine>.sql: DDL frozen from the models of commit
 69384d1 (tests/schema_v1/generate.py wrote it, and says how), not from today's models, so that a
@@ -38,12 +39,12 @@ from dji_media.backends.peewee_schema import (
 )
 from dji_media.errors import SchemaMismatch
 from dji_media.testing.contracts import sample_file
-from dji_media.values import FileGroup, MediaFile, MediaRecord
+from dji_media.values import FileGroup, FileQuery, MediaFile, MediaRecord
 from support import ENGINES, TESTS, database_url_for, drop_store_tables, new_table_prefix, run_cli, write_config
 
 UTC = _dt.timezone.utc
-NEEDS_6 = "database schema is version 1, this dji_media needs 6: run `dji-media migrate --config <file>`"
-NEWER = "database schema is version 7, newer than this dji_media understands (6): upgrade dji_media"
+NEEDS_7 = "database schema is version 1, this dji_media needs 7: run `dji-media migrate --config <file>`"
+NEWER = "database schema is version 8, newer than this dji_media understands (7): upgrade dji_media"
 # The media columns of version 1 (commit 69384d1's _MEDIA_FIELDS), written when filling it.
 V1_FIELDS = (
     "tiny_fingerprint", "object_key", "name", "path", "sub_file_type", "file_group_id",
@@ -110,10 +111,10 @@ class Database:
         release's ``migrate`` did."""
         self.create_v1(prefix)
         versions = self.versions(prefix)
-        # SQLite's step 4 copies the media table as the models now define it: with version 4's
-        # NOT NULL fingerprint, as version 4 made it.
-        versions.media_model.fingerprint.null = False
         for step in STEPS[:version - 1]:
+            # SQLite's steps 4 and 5 copy the media table as the models now define it: with
+            # version 4's NOT NULL fingerprint in step 4, as version 4 made it.
+            versions.media_model.fingerprint.null = step.version >= 5
             with versions.exclusive():
                 for change in step.changes(versions):
                     change.apply()
@@ -124,6 +125,9 @@ class Database:
 
     def create_v4(self, prefix: str) -> None:
         self.create_v2(prefix, version=4)
+
+    def create_v6(self, prefix: str) -> None:
+        self.create_v2(prefix, version=6)
 
     def close(self) -> None:
         for prefix in self.prefixes:
@@ -194,8 +198,9 @@ def edge_groups():
     ]
 
 
-def fill_v1(db: Database, prefix: str, records, groups, fields=V1_FIELDS) -> None:
-    """Rows of the columns ``fields`` (an older version's), written as that version wrote them."""
+def fill_v1(db: Database, prefix: str, records, groups, fields=V1_FIELDS, public_ids: bool = False) -> None:
+    """Rows of the columns ``fields`` (an older version's), written as that version wrote them;
+    with ``public_ids`` (version 4 and later), each record's public id too."""
     _schema, media, group, _task, _device = _build_models(db.admin, prefix)
 
     def naive(value):
@@ -207,6 +212,8 @@ def fill_v1(db: Database, prefix: str, records, groups, fields=V1_FIELDS) -> Non
         row.update(workspace_id=r.workspace_id, fingerprint=r.file.fingerprint, created_time=naive(r.file.created_time),
                    revision=r.revision, created_at=naive(r.created_at), updated_at=naive(r.updated_at),
                    verified_at=naive(r.verified_at))
+        if public_ids:
+            row.update(public_id=r.public_id)
         rows.append(row)
     with db.admin.atomic():
         for start in range(0, len(rows), 20):
@@ -216,23 +223,34 @@ def fill_v1(db: Database, prefix: str, records, groups, fields=V1_FIELDS) -> Non
                          file_uploaded_count=g.file_uploaded_count, updated_at=naive(g.updated_at)).execute()
 
 
+def _plain(text: str, prefix: str, names) -> str:
+    for name, label in names.items():
+        text = text.replace(name, label)
+    return text.replace(prefix, "<p>")
+
+
 def shape(db: Database, prefix: str):
     """The tables as the engine describes them, table prefix left out: columns, indexes and, on
-    MySQL, the whole CREATE TABLE (collations, index prefix lengths)."""
+    MySQL, the whole CREATE TABLE (collations, index prefix lengths). A library index whose
+    name was cut short ends in a hash of the whole name, prefix and all: such a name is given
+    as ``<library: columns>``, when it is the name ``library_index_name`` gives its columns."""
     described = {}
     for name in ("schema", "media_file", "file_group", "task", "device"):
         table = prefix + name
         if not db.versions(prefix).table_exists(table):  # task: version 4's, device: version 5's
             described[name] = None
             continue
+        found = db.admin.get_indexes(table)
+        hashed = {i.name: f"<library: {', '.join(i.columns)}>" for i in found
+                  if i.name == library_index_name(table, tuple(i.columns)) != "_".join((table, *i.columns))}
         columns = [(c.name, c.data_type.lower(), c.null, c.primary_key) for c in db.admin.get_columns(table)]
-        indexes = sorted((i.name.replace(prefix, "<p>"), tuple(i.columns), i.unique,
-                          i.sql.replace(prefix, "<p>") if db.engine == "postgresql" else None)
-                         for i in db.admin.get_indexes(table))
+        indexes = sorted((_plain(i.name, prefix, hashed), tuple(i.columns), i.unique,
+                          _plain(i.sql, prefix, hashed) if db.engine == "postgresql" else None)
+                         for i in found)
         create = None
         if db.engine == "mysql":
-            create = re.sub(r" AUTO_INCREMENT=\d+", "", db.sql(f"SHOW CREATE TABLE `{table}`")[0][1])
-            create = create.replace(prefix, "<p>")
+            create = _plain(re.sub(r" AUTO_INCREMENT=\d+", "", db.sql(f"SHOW CREATE TABLE `{table}`")[0][1]),
+                            prefix, hashed)
         described[name] = (columns, indexes, create)
     return described
 
@@ -285,6 +303,25 @@ def v6_lines(db: Database, prefix: str):
             for columns in (("workspace_id", "created_at", "public_id"), ("workspace_id", "file_group_id"))]
 
 
+def v7_lines(db: Database, prefix: str):
+    """The lines of step 6 -> 7: the filtered pages' indexes made, then version 6's dropped."""
+    table = f"{prefix}media_file"
+    by_time = ("workspace_id", "created_at", "public_id", "created_time")
+    by_mission = ("workspace_id", "file_group_id", "created_at", "public_id")
+    by_sn = ("workspace_id", "sn", "created_at", "public_id", "created_time")
+    old_time, old_mission = ("workspace_id", "created_at", "public_id"), ("workspace_id", "file_group_id")
+
+    def name(columns):
+        return library_index_name(table, columns)
+
+    return [f"  6 -> 7: {line}" for line in (
+        *(f"create index {name(columns)} on {table} ({', '.join(columns)})"
+          for columns in (by_time, by_mission, by_sn)),
+        *(f"drop index {name(old)} on {table} ({', '.join(old)}): {name(new)} begins with its columns"
+          for old, new in ((old_time, by_time), (old_mission, by_mission))),
+    )]
+
+
 def version_rows(db: Database, prefix: str):
     return [row[0] for row in db.sql(f"SELECT `version` FROM `{prefix}schema`")]
 
@@ -325,16 +362,17 @@ async def test_migrate_keeps_every_record_of_a_version_1_database(database):
     assert done.returncode == 0, done.stderr
     table = f"{prefix}media_file"
     assert done.stdout.splitlines()[1:] == [
-        "schema: version 1; this dji_media works with version 6",
+        "schema: version 1; this dji_media works with version 7",
         f"  1 -> 2: add column job_id VARCHAR(128) NULL to {table}",
         f"  1 -> 2: create index {table}_workspace_id_object_key on {table} (workspace_id, object_key"
         + ("(191))" if database.engine == "mysql" else ")"),
         f"  2 -> 3: add column payload_name VARCHAR(128) NULL to {table}",
         *v4_lines(database, prefix, len(records)),
         *v5_lines(database, prefix, nullable_already=database.engine == "sqlite"), *v6_lines(database, prefix),
-        "migrated: schema version 6",
+        *v7_lines(database, prefix),
+        "migrated: schema version 7",
     ]
-    assert version_rows(database, prefix) == [6]
+    assert version_rows(database, prefix) == [7]
     key = "object_key_bytes" if database.engine == "mysql" else "object_key"
     assert database.versions(prefix).has_index(table, ("workspace_id", key), unique=True)
     count = database.sql(f"SELECT COUNT(*) FROM `{table}` WHERE `job_id` IS NULL AND `payload_name` IS NULL "
@@ -362,9 +400,9 @@ async def test_migrate_keeps_every_record_of_a_version_1_database(database):
 
     again = run_cli("migrate", "--config", config)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.splitlines()[1:] == ["schema: version 6; this dji_media works with version 6",
+    assert again.stdout.splitlines()[1:] == ["schema: version 7; this dji_media works with version 7",
                                              "up to date: nothing to do"]
-    assert version_rows(database, prefix) == [6]
+    assert version_rows(database, prefix) == [7]
     assert shape(database, prefix) == shape(database, fresh)
 
 
@@ -386,10 +424,10 @@ async def test_migrate_keeps_every_record_of_a_version_2_database(database):
     # Only the next step's changes can be there already: the dry run says so of none later.
     v4[2] = v4[2].replace(" (already there)", "")
     assert dry.stdout.splitlines()[1:] == [
-        "schema: version 2; this dji_media works with version 6",
+        "schema: version 2; this dji_media works with version 7",
         f"  2 -> 3: add column payload_name VARCHAR(128) NULL to {table}",
         *v4,
-        *v5_lines(database, prefix), *v6_lines(database, prefix),
+        *v5_lines(database, prefix), *v6_lines(database, prefix), *v7_lines(database, prefix),
         "dry run: nothing was changed",
     ]
     assert version_rows(database, prefix) == [2]
@@ -400,9 +438,9 @@ async def test_migrate_keeps_every_record_of_a_version_2_database(database):
     assert done.stdout.splitlines()[2:] == [f"  2 -> 3: add column payload_name VARCHAR(128) NULL to {table}",
                                             *v4_lines(database, prefix, len(records)),
                                             *v5_lines(database, prefix, database.engine == "sqlite"),
-                                            *v6_lines(database, prefix),
-                                            "migrated: schema version 6"]
-    assert version_rows(database, prefix) == [6]
+                                            *v6_lines(database, prefix), *v7_lines(database, prefix),
+                                            "migrated: schema version 7"]
+    assert version_rows(database, prefix) == [7]
     fresh = database.prefix()
     store = database.store(fresh)
     await store.ping()
@@ -431,11 +469,11 @@ async def test_dry_run_changes_nothing(database):
     dry = run_cli("migrate", "--config", database.config(prefix), "--dry-run")
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
-    assert lines[1] == "schema: version 1; this dji_media works with version 6"
+    assert lines[1] == "schema: version 1; this dji_media works with version 7"
     assert lines[2].startswith("  1 -> 2: add column job_id") and lines[3].startswith("  1 -> 2: create index")
     assert lines[4].startswith("  2 -> 3: add column payload_name")
     assert lines[5:-1] == [line.replace(" (already there)", "") for line in v4_lines(database, prefix, 3)] \
-        + v5_lines(database, prefix) + v6_lines(database, prefix)
+        + v5_lines(database, prefix) + v6_lines(database, prefix) + v7_lines(database, prefix)
     assert lines[-1] == "dry run: nothing was changed"
     assert shape(database, prefix) == before
     assert version_rows(database, prefix) == [1]
@@ -457,7 +495,7 @@ async def test_stores_refuse_other_versions_until_migrated(database):
     try:
         with pytest.raises(SchemaMismatch) as refused:
             await store.ping()
-        assert refused.value.message == NEEDS_6 and (refused.value.found, refused.value.needed) == (1, 6)
+        assert refused.value.message == NEEDS_7 and (refused.value.found, refused.value.needed) == (1, 7)
         with pytest.raises(SchemaMismatch):  # every unit of work, reads too
             await store.get("ws-a", sample_file().fingerprint)
         assert version_rows(database, old) == [1]  # a refusal writes nothing
@@ -476,7 +514,8 @@ async def test_stores_refuse_other_versions_until_migrated(database):
         finally:
             await migrator.close()
         assert (result.found, result.target, len(result.steps)) == (
-            1, 6, 3 + len(v4_lines(database, old, 2)) + len(v5_lines(database, old)) + len(v6_lines(database, old)))
+            1, 7, 3 + len(v4_lines(database, old, 2)) + len(v5_lines(database, old)) + len(v6_lines(database, old))
+            + len(v7_lines(database, old)))
         await store.ping()
         assert (await store.get("ws-a", sample_file().fingerprint)).file.job_id is None
     finally:
@@ -486,7 +525,7 @@ async def test_stores_refuse_other_versions_until_migrated(database):
     store = database.store(new)
     await store.ping()
     await store.close()
-    database.sql(f"UPDATE `{new}schema` SET `version` = 7")
+    database.sql(f"UPDATE `{new}schema` SET `version` = 8")
     store = database.store(new)
     try:
         with pytest.raises(SchemaMismatch) as refused:
@@ -494,7 +533,7 @@ async def test_stores_refuse_other_versions_until_migrated(database):
         assert refused.value.message == NEWER
         with pytest.raises(SchemaMismatch):  # migrate does not downgrade
             await store.migrate()
-        assert version_rows(database, new) == [7]
+        assert version_rows(database, new) == [8]
     finally:
         await store.close()
 
@@ -519,7 +558,7 @@ async def test_a_step_cut_short_is_finished(database):
         assert result.steps[0] == f"record version 1 in {prefix}schema (the row is missing)"
         assert result.steps[1].endswith("(already there)") and not result.steps[2].endswith("(already there)")
         assert not result.steps[3].endswith("(already there)")
-        assert version_rows(database, prefix) == [6]
+        assert version_rows(database, prefix) == [7]
         await store.ping()
     finally:
         await store.close()
@@ -557,7 +596,7 @@ async def test_a_failed_step_says_why_and_a_rerun_finishes(database):
     done = run_cli("migrate", "--config", config)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[2].endswith(" (already there)") is mysql
-    assert version_rows(database, prefix) == [6]
+    assert version_rows(database, prefix) == [7]
     store = database.store(prefix)
     try:
         await assert_holds(store, edge_records()[:3], [])
@@ -587,13 +626,13 @@ async def test_migrate_creates_an_empty_database(sqlite_database):
     config = sqlite_database.config(prefix)
     dry = run_cli("migrate", "--config", config, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.splitlines()[1:] == ["schema: none yet; this dji_media works with version 6",
-                                           "  create the tables at version 6", "dry run: nothing was changed"]
+    assert dry.stdout.splitlines()[1:] == ["schema: none yet; this dji_media works with version 7",
+                                           "  create the tables at version 7", "dry run: nothing was changed"]
     assert not sqlite_database.versions(prefix).table_exists(f"{prefix}schema")
     done = run_cli("migrate", "--config", config)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == "migrated: schema version 6"
-    assert version_rows(sqlite_database, prefix) == [6]
+    assert done.stdout.splitlines()[-1] == "migrated: schema version 7"
+    assert version_rows(sqlite_database, prefix) == [7]
 
 
 @pytest.mark.gen_test
@@ -602,26 +641,26 @@ async def test_migrate_refuses_a_newer_database(sqlite_database):
     store = sqlite_database.store(prefix)
     await store.ping()
     await store.close()
-    sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 7")
+    sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 8")
     done = run_cli("migrate", "--config", sqlite_database.config(prefix))
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == f"dji-media: migrate failed: {NEWER}"
-    assert version_rows(sqlite_database, prefix) == [7]
+    assert version_rows(sqlite_database, prefix) == [8]
 
 
 @pytest.fixture
 def refused_database(request, sqlite_database, s3):
-    """A configuration (on the suite's real S3) whose database is at version 1 or 7."""
+    """A configuration (on the suite's real S3) whose database is at version 1 or 8."""
     prefix = sqlite_database.prefix()
     if request.param == 1:
         sqlite_database.create_v1(prefix)
     else:
         sqlite_database.versions(prefix).ensure(create=True)  # a new database of this release
-        sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 7")
-    return sqlite_database.config(prefix, s3_endpoint=s3.endpoint), {1: NEEDS_6, 7: NEWER}[request.param]
+        sqlite_database.sql(f"UPDATE `{prefix}schema` SET `version` = 8")
+    return sqlite_database.config(prefix, s3_endpoint=s3.endpoint), {1: NEEDS_7, 8: NEWER}[request.param]
 
 
-@pytest.mark.parametrize("refused_database", [1, 7], indirect=True)
+@pytest.mark.parametrize("refused_database", [1, 8], indirect=True)
 def test_serve_and_check_refuse_another_version(refused_database):
     config, message = refused_database
     served = run_cli("serve", "--config", config)
@@ -694,12 +733,13 @@ async def test_migrate_a_version_3_database_to_5(database):
     done = run_cli("migrate", "--config", config)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[1:] == [
-        "schema: version 3; this dji_media works with version 6",
+        "schema: version 3; this dji_media works with version 7",
         *v4_lines(database, prefix, len(records) - len(superseded), duplicates=len(superseded)),
         *v5_lines(database, prefix, database.engine == "sqlite"), *v6_lines(database, prefix),
-        "migrated: schema version 6",
+        *v7_lines(database, prefix),
+        "migrated: schema version 7",
     ]
-    assert version_rows(database, prefix) == [6]
+    assert version_rows(database, prefix) == [7]
     table = f"{prefix}media_file"
     assert database.sql(f"SELECT COUNT(*) FROM `{table}`")[0][0] == len(records) - len(superseded)
     ids = [row[0] for row in database.sql(f"SELECT `public_id` FROM `{table}`")]
@@ -778,9 +818,9 @@ async def test_a_step_4_cut_short_is_finished(database):
         lines = [line.split(": ", 1)[1] for line in result.steps]
         assert [line.endswith(" (already there)") for line in lines] == [
             True, True, False, True, False, False, False, False, False, database.engine == "sqlite",
-            False, False, False, False]
+            False, False, False, False, False, False, False, False, False]
         assert "delete 1 record(s)" in lines[2] and lines[4].startswith("fill public_id of 1 row(s)")
-        assert version_rows(database, prefix) == [6]
+        assert version_rows(database, prefix) == [7]
         assert await store.get("ws-a", "LATE") is None  # the later inserted of the same time stays
         assert is_uuid4((await store.get("ws-a", "LATER")).public_id)
         await assert_holds(store, edge_records()[:4], [])
@@ -831,17 +871,19 @@ async def test_migrate_a_version_4_database_to_5(database):
 
     dry = run_cli("migrate", "--config", config, "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.splitlines()[1:] == ["schema: version 4; this dji_media works with version 6",
+    assert dry.stdout.splitlines()[1:] == ["schema: version 4; this dji_media works with version 7",
                                            *v5_lines(database, prefix), *v6_lines(database, prefix),
+                                           *v7_lines(database, prefix),
                                            "dry run: nothing was changed"]
     assert version_rows(database, prefix) == [4] and versions.column_not_null(table, "fingerprint")
 
     done = run_cli("migrate", "--config", config)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[1:] == ["schema: version 4; this dji_media works with version 6",
+    assert done.stdout.splitlines()[1:] == ["schema: version 4; this dji_media works with version 7",
                                             *v5_lines(database, prefix), *v6_lines(database, prefix),
-                                            "migrated: schema version 6"]
-    assert version_rows(database, prefix) == [6]
+                                            *v7_lines(database, prefix),
+                                            "migrated: schema version 7"]
+    assert version_rows(database, prefix) == [7]
     assert not versions.column_not_null(table, "fingerprint")
     assert versions.has_index(table, ("workspace_id", "fingerprint"), unique=True)
     assert {row[0] for row in database.sql(f"SELECT `public_id` FROM `{table}`")} == ids  # kept, not made again
@@ -873,5 +915,96 @@ async def test_migrate_a_version_4_database_to_5(database):
         # A version-4 server, still running, writes a row with a fingerprint as before.
         v3_insert(database, table, "ws-a", "OLD-SERVER", "media/ws-a/old-server.jpg")
         assert (await store.get("ws-a", "OLD-SERVER")).file.object_key == "media/ws-a/old-server.jpg"
+    finally:
+        await store.close()
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_migrate_a_version_6_database_to_7(database):
+    """Indexes only: every record (Pilot's and docks'), public id and group kept; version 7's
+    three library indexes there and version 6's two gone, the tables as a new database has
+    them; the filtered pages find on the migrated tables what they should; a second run does
+    nothing; and version-7 tables that lost their version row read as version 7."""
+    prefix = database.prefix()
+    database.create_v6(prefix)
+    table = f"{prefix}media_file"
+    versions = database.versions(prefix)
+    v6_indexes = (("workspace_id", "created_at", "public_id"), ("workspace_id", "file_group_id"))
+    v7_indexes = (("workspace_id", "created_at", "public_id", "created_time"),
+                  ("workspace_id", "file_group_id", "created_at", "public_id"),
+                  ("workspace_id", "sn", "created_at", "public_id", "created_time"))
+    assert all(versions.has_index(table, columns) for columns in v6_indexes)  # as version 6 made them
+    assert not versions.column_not_null(table, "fingerprint")
+    records = [dataclasses.replace(r, public_id=str(uuid.uuid4())) for r in edge_records()]
+    # Docks' records (no fingerprint), uploaded a minute apart by two aircraft.
+    docks = [MediaRecord(workspace_id="ws-a", file=MediaFile(
+                fingerprint=None, object_key=f"media/ws-a/dock/{i}.jpeg", name=f"DJI_{i:04d}.JPG",
+                file_group_id=f"dock-mission-{i // 10}", sn=f"DOCK-SN-{i % 2}",
+                created_time=at(2025, 3, 1, 8, 0) + _dt.timedelta(minutes=i)),
+                revision=1, created_at=at(2025, 3, 1, 9, 0) + _dt.timedelta(minutes=i),
+                updated_at=at(2025, 3, 1, 9, 0) + _dt.timedelta(minutes=i), public_id=str(uuid.uuid4()))
+             for i in range(30)]
+    groups = edge_groups()
+    fill_v1(database, prefix, [*records, *docks], groups, fields=V3_FIELDS, public_ids=True)
+    config = database.config(prefix)
+    before = shape(database, prefix)
+
+    dry = run_cli("migrate", "--config", config, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines()[1:] == ["schema: version 6; this dji_media works with version 7",
+                                           *v7_lines(database, prefix), "dry run: nothing was changed"]
+    assert version_rows(database, prefix) == [6] and shape(database, prefix) == before
+
+    done = run_cli("migrate", "--config", config)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1:] == ["schema: version 6; this dji_media works with version 7",
+                                            *v7_lines(database, prefix), "migrated: schema version 7"]
+    assert version_rows(database, prefix) == [7]
+    assert all(versions.has_index(table, columns, unique=False) for columns in v7_indexes)
+    assert not any(versions.has_index(table, columns) for columns in v6_indexes)
+    assert database.sql(f"SELECT COUNT(*) FROM `{table}`")[0][0] == len(records) + len(docks)
+    fresh = database.prefix()
+    store = database.store(fresh)
+    await store.ping()
+    await store.close()
+    assert shape(database, prefix) == shape(database, fresh)
+
+    store = database.store(prefix)
+    try:
+        for r in records:
+            assert await store.get(r.workspace_id, r.file.fingerprint) == r, r.file.fingerprint
+        for r in [*records, *docks]:
+            assert await store.get_by_public_id(r.workspace_id, r.public_id) == r, r.public_id
+        for g in groups:
+            assert await store.get_group(g.workspace_id, g.file_group_id) == g
+        # The pages the new indexes serve, newest and oldest first.
+        window = {"captured_from": at(2025, 3, 1, 8, 5), "captured_to": at(2025, 3, 1, 8, 20)}
+        for query in (FileQuery("ws-1", mission="group-3"), FileQuery("ws-a", mission="dock-mission-1"),
+                      FileQuery("ws-a", sn="DOCK-SN-1", **window), FileQuery("ws-a", **window),
+                      FileQuery("ws-a", sn="DOCK-SN-0", newest_first=False, **window)):
+            expected = sorted((r for r in [*records, *docks] if query.matches(r)),
+                              key=lambda r: (r.created_at, r.public_id), reverse=query.newest_first)
+            assert expected and await store.find_records(query, 500, None) == expected, query
+        counts = {m.file_group_id: m.recorded_count for m in await store.mission_summaries("ws-a", 100)}
+        assert counts["dock-mission-0"] == counts["dock-mission-1"] == 10
+        # And the migrated database takes new records as a new one does.
+        new = await store.upsert("ws-a", sample_file("NEW", sn="DOCK-SN-1", created_time=at(2025, 3, 1, 8, 10)))
+        assert new in await store.find_records(FileQuery("ws-a", sn="DOCK-SN-1", **window), 500, None)
+    finally:
+        await store.close()
+
+    again = run_cli("migrate", "--config", config)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[1:] == ["schema: version 7; this dji_media works with version 7",
+                                             "up to date: nothing to do"]
+    assert shape(database, prefix) == shape(database, fresh)
+
+    # Version 6's step finds version 7's replacements: the tables read as version 7.
+    database.sql(f"DELETE FROM `{prefix}schema`")
+    store = database.store(prefix)
+    try:
+        result = await store.migrate()
+        assert result.steps == (f"record version 7 in {prefix}schema (the row is missing)",)
+        assert version_rows(database, prefix) == [7]
     finally:
         await store.close()

@@ -36,6 +36,7 @@ from .peewee_schema import (
     _MYSQL_COLLATIONS,
     ETAG_LENGTH,
     LIBRARY_INDEXES,
+    LIBRARY_INDEXES_V6,
     MAX_OBJECT_KEY_BYTES,
     MYSQL_OBJECT_KEY_BYTES,
     MYSQL_OBJECT_KEY_PREFIX,
@@ -314,24 +315,88 @@ def _to_5(schema: "SchemaVersions") -> List[Change]:
     ]
 
 
+def _library_index_creator(schema: "SchemaVersions", columns: Tuple[str, ...]) -> Callable[[], None]:
+    def create() -> None:
+        table = schema.media_table
+        schema.db.execute(peewee.Index(library_index_name(table, columns), peewee.Table(table),
+                                       [peewee.Entity(c) for c in columns]).safe(False))
+    return create
+
+
+def _replacement(columns: Tuple[str, ...]) -> Optional[Tuple[str, ...]]:
+    """The library index of this release that begins with ``columns`` (and so does whatever an
+    index of ``columns`` alone did), if one does."""
+    return next((index for index in LIBRARY_INDEXES if index[:len(columns)] == columns), None)
+
+
 def _to_6(schema: "SchemaVersions") -> List[Change]:
     # The media library: its pages read records newest (or oldest) first from a cursor, and its
     # missions group records by file group. Only indexes: no row changes, and a version-5 server
     # works on a version-6 database as before (it just does not use them).
     table = schema.media_table
 
-    def creator(columns: Tuple[str, ...]) -> Callable[[], None]:
-        def create() -> None:
-            schema.db.execute(peewee.Index(library_index_name(table, columns), peewee.Table(table),
-                                           [peewee.Entity(c) for c in columns]).safe(False))
-        return create
-
     def checker(columns: Tuple[str, ...]) -> Callable[[], bool]:
-        return lambda: schema.has_index(table, columns)
+        # Or the index that replaced it in version 7: tables created at version 7 whose version
+        # row is missing then read as version 7 (``_inferred_version``), not 5.
+        replacement = _replacement(columns)
+        return lambda: schema.has_index(table, columns) or (
+            replacement is not None and schema.has_index(table, replacement))
 
     return [Change(f"create index {library_index_name(table, columns)} on {table} ({', '.join(columns)})",
-                   checker(columns), creator(columns))
-            for columns in LIBRARY_INDEXES]
+                   checker(columns), _library_index_creator(schema, columns))
+            for columns in LIBRARY_INDEXES_V6]
+
+
+def _to_7(schema: "SchemaVersions") -> List[Change]:
+    # The media library's filtered pages: an index per selective filter (mission, serial number)
+    # in the pages' order, and the capture time in the index entries (why: LIBRARY_INDEXES in
+    # peewee_schema). Version 6's two indexes go: a new one begins with the columns of each, and
+    # every index kept costs each insert one more entry.
+    #
+    # Only indexes, no row changes. A version-6 server keeps working on a version-7 database
+    # until it restarts: its statements name no index (the planner picks the new ones) and its
+    # inserts fill the new indexes as any; restarted, it refuses the database, as every release
+    # refuses another version. The new indexes are made first and the old ones dropped last:
+    # on MySQL, where each statement commits by itself, every page has an index in its order
+    # all along; on PostgreSQL, DROP INDEX locks the table against reads as well, so that lock
+    # comes just before the commit (CREATE INDEX holds back writes only, until the commit); on
+    # SQLite the step holds the write lock and readers go on.
+    #
+    # MySQL: the longest key, (workspace_id, sn, created_at, public_id, created_time), is 64 +
+    # 128 + 36 characters of utf8mb4 and two DATETIME(6), 928 bytes: within InnoDB's 3072, and
+    # each column within the 767 of the older row formats, so whole columns are indexed.
+    table = schema.media_table
+
+    def present(columns: Tuple[str, ...]) -> Callable[[], bool]:
+        return lambda: schema.has_index(table, columns)
+
+    def superseded(columns: Tuple[str, ...]) -> List[str]:
+        # Found by its columns, whatever its name: version 6 named it as peewee does, up to 64
+        # characters, which PostgreSQL cut to 63.
+        return [name for name, (found, unique) in schema.indexes(table).items() if found == columns and not unique]
+
+    def gone(columns: Tuple[str, ...]) -> Callable[[], bool]:
+        return lambda: not superseded(columns)
+
+    def dropper(columns: Tuple[str, ...]) -> Callable[[], None]:
+        def drop() -> None:
+            on = f" ON {schema.quote(table)}" if schema.mysql else ""
+            for name in superseded(columns):
+                schema.db.execute_sql(f"DROP INDEX {schema.quote(name)}{on}")
+        return drop
+
+    changes = [Change(f"create index {library_index_name(table, columns)} on {table} ({', '.join(columns)})",
+                      present(columns), _library_index_creator(schema, columns))
+               for columns in LIBRARY_INDEXES]
+    for columns in LIBRARY_INDEXES_V6:
+        replacement = _replacement(columns)
+        if replacement is None:  # pragma: no cover - each of version 6's has one
+            continue
+        name = ", ".join(superseded(columns)) or library_index_name(table, columns)
+        changes.append(Change(f"drop index {name} on {table} ({', '.join(columns)}): "
+                              f"{library_index_name(table, replacement)} begins with its columns",
+                              gone(columns), dropper(columns)))
+    return changes
 
 
 # In order; STEPS[i] brings a database to version i + 2 (version 1 is the first release's).
@@ -341,6 +406,7 @@ STEPS: Tuple[Step, ...] = (
     Step(4, _to_4),
     Step(5, _to_5),
     Step(6, _to_6),
+    Step(7, _to_7),
 )
 if [step.version for step in STEPS] != list(range(2, SCHEMA_VERSION + 1)):  # pragma: no cover
     raise AssertionError("STEPS must lead, one version at a time, from 1 to SCHEMA_VERSION")
