@@ -761,7 +761,7 @@ class PeeweeMediaStore(MediaStore):
         # Both halves are read whole for the workspace and merged here: a mission lives in the
         # group table, in the records, or in both, and the order is by the later of the two.
         # A workspace holds missions by the thousand, not the million; the record half reads the
-        # (workspace_id, file_group_id) index.
+        # (workspace_id, file_group_id, created_at, public_id) index (from the index alone on SQLite and MySQL).
         if limit <= 0 or not _storable(workspace_id):
             return []
         g = self._group
