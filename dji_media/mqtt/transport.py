@@ -327,6 +327,10 @@ class MqttTransport(Transport, DockCommands):
         """A new connection, subscribed. A client per connection: aiomqtt's keeps the state of
         its last connection, and a new one starts clean (the session is the broker's)."""
         client = self._new_client()
+        # Each handler awaits its reply's PUBACK, so up to max_concurrency replies (and a few
+        # commands) are in flight by design; aiomqtt logs a warning per publish above its
+        # threshold of 10, which under a normal load of 20 docks was a warning per reply.
+        client.pending_calls_threshold = max(client.pending_calls_threshold, 2 * self.max_concurrency)
         await client.__aenter__()
         try:
             # Subscribing again on a session the broker kept is harmless, and needed when the
