@@ -442,24 +442,7 @@ def print_targets(targets: List[Dict[str, Any]], conditions: List[str]) -> None:
     print(f"\ntargets (set for one process, SQLite, {run.TARGET_CONNECTIONS} connections, the shipped settings, "
           f"a workspace of {run.TARGET_OBJECTS:,} files)"
           + (f"; this run differs: {', '.join(conditions)}" if conditions else "") + ":")
-    for t in targets:
-        value = t["value"]
-        shown = "-" if value is None else (f"{value:g}" if isinstance(value, int) else f"{value:.3g}")
-        print(f"{t['result']:<5} {t['target']:<88} {shown} {t['unit']}")
-
-
-def print_profiles(profiles: Dict[str, Any]) -> None:
-    for name, modes in profiles.items():
-        for mode, prof in modes.items():
-            print(f"\nprofile of the server under {name}, {mode} ({prof['samples']} samples, "
-                  f"busy {run.fmt(100 * (prof['busy'] or 0), 0)}% of the window, raw: {prof['raw']}):")
-            print("  by thread: " + ", ".join(f"{p}% {k}" for p, k in prof["threads"][:6]))
-            print("  self:")
-            for share, func in prof["self"][:15]:
-                print(f"    {share:5.1f}%  {func}")
-            print("  inclusive:")
-            for share, func in prof["inclusive"][:30]:
-                print(f"    {share:5.1f}%  {func}")
+    run.print_target_lines(targets)
 
 
 # ------------------------------------------------------------------------------ main
@@ -635,7 +618,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.connections != run.TARGET_CONNECTIONS:
             conditions.append(f"{args.connections} connections")
         print_targets(targets, conditions)
-        print_profiles(profiles)
+        run.print_profiles(profiles)
 
         result = {
             "meta": {

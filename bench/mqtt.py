@@ -877,21 +877,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             conditions.append("a floor with Nagle's algorithm on")
         print("\ntargets (set for 20 docks, one message in flight each, one server process on SQLite)"
               + (f"; this run differs: {', '.join(conditions)}" if conditions else "") + ":")
-        for t in targets:
-            value = t["value"]
-            shown = "-" if value is None else (f"{value:g}" if isinstance(value, int) else f"{value:.3g}")
-            print(f"{t['result']:<5} {t['target']:<80} {shown} {t['unit']}")
-        for name, modes in profiles.items():
-            for mode, prof in modes.items():
-                print(f"\nprofile of the server under {name}, {mode} ({prof['samples']} samples, "
-                      f"busy {fmt(100 * (prof['busy'] or 0), 0)}% of the window, raw: {prof['raw']}):")
-                print("  by thread: " + ", ".join(f"{p}% {k}" for p, k in prof["threads"][:6]))
-                print("  self:")
-                for share, func in prof["self"][:15]:
-                    print(f"    {share:5.1f}%  {func}")
-                print("  inclusive:")
-                for share, func in prof["inclusive"][:30]:
-                    print(f"    {share:5.1f}%  {func}")
+        bench.print_target_lines(targets, width=80)
+        bench.print_profiles(profiles)
 
         result = {
             "meta": {

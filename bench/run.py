@@ -880,6 +880,29 @@ def populate(tmp: str, args: argparse.Namespace, layout: Layout, s3: Any, option
     return {"objects": objects, "records": records, "seconds": round(time.time() - started, 1)}
 
 
+def print_target_lines(targets: List[Dict[str, Any]], width: int = 88) -> None:
+    """One line per target: PASS/MISS, what it asks, the value (shared by the three benchmarks)."""
+    for t in targets:
+        value = t["value"]
+        shown = "-" if value is None else (f"{value:g}" if isinstance(value, int) else f"{value:.3g}")
+        print(f"{t['result']:<5} {t['target']:<{width}} {shown} {t['unit']}")
+
+
+def print_profiles(profiles: Dict[str, Any]) -> None:
+    """The summaries of the py-spy profiles taken during the run, per scenario and mode."""
+    for name, modes in profiles.items():
+        for mode, prof in modes.items():
+            print(f"\nprofile of the server under {name}, {mode} ({prof['samples']} samples, "
+                  f"busy {fmt(100 * (prof['busy'] or 0), 0)}% of the window, raw: {prof['raw']}):")
+            print("  by thread: " + ", ".join(f"{p}% {k}" for p, k in prof["threads"][:6]))
+            print("  self:")
+            for share, func in prof["self"][:15]:
+                print(f"    {share:5.1f}%  {func}")
+            print("  inclusive:")
+            for share, func in prof["inclusive"][:30]:
+                print(f"    {share:5.1f}%  {func}")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     from dji_media.embedded_s3 import EmbeddedS3
@@ -1071,21 +1094,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"\ntargets (set for one process, SQLite, {TARGET_CONNECTIONS} connections, the shipped settings, a "
               f"workspace of {TARGET_OBJECTS:,} objects)"
               + (f"; this run differs: {', '.join(conditions)}" if conditions else "") + ":")
-        for t in targets:
-            value = t["value"]
-            shown = "-" if value is None else (f"{value:g}" if isinstance(value, int) else f"{value:.3g}")
-            print(f"{t['result']:<5} {t['target']:<88} {shown} {t['unit']}")
-        for name, modes in profiles.items():
-            for mode, prof in modes.items():
-                print(f"\nprofile of the server under {name}, {mode} ({prof['samples']} samples, "
-                      f"busy {fmt(100 * (prof['busy'] or 0), 0)}% of the window, raw: {prof['raw']}):")
-                print("  by thread: " + ", ".join(f"{p}% {k}" for p, k in prof["threads"][:6]))
-                print("  self:")
-                for pct_, func in prof["self"][:15]:
-                    print(f"    {pct_:5.1f}%  {func}")
-                print("  inclusive:")
-                for pct_, func in prof["inclusive"][:30]:
-                    print(f"    {pct_:5.1f}%  {func}")
+        print_target_lines(targets)
+        print_profiles(profiles)
 
         result = {
             "meta": {
